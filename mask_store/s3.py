@@ -1,0 +1,163 @@
+"""S3 backend (`s3://bucket/prefix`): the same store shared by many machines, with no server of our own.
+
+    PREFIX/blobs/<digest>.mask            written once per digest
+    PREFIX/versions/<name>/<00000007>.json  created with `If-None-Match: *`, so exactly one writer gets each number
+    PREFIX/tags/<name>/<tag>.json         {"version": N}, last writer wins
+
+A push uploads its blob, then claims the next version number with a conditional PUT; a 412 means another pusher
+took that number, so it re-lists and tries the next one. A single PUT is atomic, so a killed push leaves at most an
+unreferenced blob. Removal overwrites the record with a tombstone, keeping the number taken. Without a lock,
+garbage collection only deletes unreferenced blobs older than a grace period, so it cannot race a push in flight.
+
+Endpoint and credentials come from the usual AWS settings (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ...).
+"""
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.exceptions
+
+from .atomic import atomic_write_bytes
+from .errors import NotFound, StoreError
+from .paths import cache_dir
+from .store import BlobInfo, VersionRecord
+
+_MAX_CLAIMS = 1000
+
+
+class S3Backend:
+    def __init__(self, uri: str):
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise StoreError(f"store {uri!r}: expected s3://bucket/prefix")
+        self.uri = uri
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.s3 = boto3.client("s3")
+        try:
+            self.s3.head_bucket(Bucket=bucket)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+            raise StoreError(f"store {uri}: bucket is not reachable ({_reason(e)})") from e
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + "/".join(parts)
+
+    def _list(self, prefix: str) -> list[dict[str, Any]]:
+        out = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            out.extend(page.get("Contents", []))
+        return out
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except botocore.exceptions.ClientError as e:
+            if e.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                return None
+            raise StoreError(f"store {self.uri}: cannot read {key} ({_reason(e)})") from e
+
+    def _put(self, key: str, body: bytes, create_only: bool = False) -> bool:
+        """PUT `key`; with create_only, returns False instead of overwriting."""
+        extra = {"IfNoneMatch": "*"} if create_only else {}
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
+            return True
+        except botocore.exceptions.ClientError as e:
+            if create_only and e.response["Error"]["Code"] in ("PreconditionFailed", "412"):
+                return False
+            raise StoreError(f"store {self.uri}: cannot write {key} ({_reason(e)})") from e
+
+    # --- blobs ---------------------------------------------------------------------------------------------------
+
+    def put_blob(self, digest: str, data: bytes) -> None:
+        """Always written, even if present: the fresh LastModified keeps garbage collection's grace from racing."""
+        self._put(self._key("blobs", f"{digest}.mask"), data)
+
+    def read_blob(self, digest: str) -> bytes:
+        data = self._get(self._key("blobs", f"{digest}.mask"))
+        if data is None:
+            raise NotFound(f"blob {digest} is missing from store {self.uri}")
+        return data
+
+    def local_blob(self, digest: str) -> Path:
+        path = cache_dir() / "s3-blobs" / f"{digest}.mask"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, self.read_blob(digest))
+        return path
+
+    def list_blobs(self) -> list[BlobInfo]:
+        now = time.time()
+        return [
+            BlobInfo(Path(o["Key"]).stem, o["Size"], now - o["LastModified"].timestamp())
+            for o in self._list(self._key("blobs", ""))
+        ]
+
+    def delete_blob(self, digest: str) -> None:
+        self.s3.delete_object(Bucket=self.bucket, Key=self._key("blobs", f"{digest}.mask"))
+
+    # --- versions and tags ---------------------------------------------------------------------------------------
+
+    def _version_key(self, name: str, version: int) -> str:
+        return self._key("versions", name, f"{version:08d}.json")
+
+    def add_version(self, name: str, fields: dict[str, Any], blob: bytes) -> VersionRecord:
+        self.put_blob(fields["digest"], blob)
+        for _ in range(_MAX_CLAIMS):
+            taken = [int(Path(o["Key"]).stem) for o in self._list(self._key("versions", name, ""))]
+            record = VersionRecord(name=name, version=max(taken, default=0) + 1, **fields)
+            body = json.dumps(record.stored(), sort_keys=True).encode()
+            if self._put(self._version_key(name, record.version), body, create_only=True):
+                return record
+        raise StoreError(f"store {self.uri}: could not claim a version of {name} after {_MAX_CLAIMS} tries")
+
+    def records(self, name: str | None = None) -> list[VersionRecord]:
+        prefix = self._key("versions", name, "") if name else self._key("versions", "")
+        out = []
+        for obj in self._list(prefix):
+            body = self._get(obj["Key"])
+            if body is not None:
+                out.append(VersionRecord(**json.loads(body)))
+        return sorted(out, key=lambda r: (r.name, r.version))
+
+    def mark_removed(self, name: str, version: int, when: str) -> None:
+        key = self._version_key(name, version)
+        body = self._get(key)
+        if body is None:
+            raise NotFound(f"no version {name}@{version} in store {self.uri}")
+        self._put(key, json.dumps({**json.loads(body), "removed_at": when}, sort_keys=True).encode())
+
+    def tags(self, name: str | None = None) -> dict[tuple[str, str], int]:
+        prefix = self._key("tags", name, "") if name else self._key("tags", "")
+        out = {}
+        for obj in self._list(prefix):
+            tag_name, tag = obj["Key"][len(self._key("tags", "")) :].removesuffix(".json").split("/", 1)
+            body = self._get(obj["Key"])
+            if body is not None:
+                out[(tag_name, tag)] = json.loads(body)["version"]
+        return out
+
+    def set_tag(self, name: str, tag: str, version: int) -> None:
+        self._put(self._key("tags", name, f"{tag}.json"), json.dumps({"version": version}).encode())
+
+    def delete_tag(self, name: str, tag: str) -> bool:
+        key = self._key("tags", name, f"{tag}.json")
+        if self._get(key) is None:
+            return False
+        self.s3.delete_object(Bucket=self.bucket, Key=key)
+        return True
+
+    def collect_garbage(self, referenced: set[str], grace_s: float) -> list[str]:
+        doomed = [b.digest for b in self.list_blobs() if b.digest not in referenced and b.age_s > grace_s]
+        for digest in doomed:
+            self.delete_blob(digest)
+        return doomed
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, botocore.exceptions.ClientError):
+        return e.response["Error"].get("Message") or e.response["Error"].get("Code", "error")
+    return str(e)

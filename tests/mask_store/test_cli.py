@@ -1,0 +1,93 @@
+import json
+
+import pytest
+
+from mask_store.cli import main
+from mask_store.format import read_mask_file, save_mask
+from mask_store.identity import base_id
+
+from .helpers import random_mask
+
+
+@pytest.fixture
+def run(tmp_path, capsys):
+    store = str(tmp_path / "store")
+
+    def run(*argv):
+        code = main(["--store", store, *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def mask_file(tmp_path):
+    path = tmp_path / "m.mask"
+    save_mask(random_mask(0), path)
+    return path
+
+
+def test_push_prints_ref_and_digest(run, mask_file):
+    code, out, _ = run("push", str(mask_file), "--name", "math", "--tag", "prod")
+    assert code == 0
+    assert out.strip() == f"math@1 {read_mask_file(mask_file).digest}"
+
+
+def test_read_commands_speak_json(run, mask_file, tmp_path):
+    run("push", str(mask_file), "--name", "math")
+    code, out, _ = run("ls", "--json")
+    assert code == 0 and [r["name"] for r in json.loads(out)] == ["math"]
+    code, out, _ = run("show", "math@1", "--json")
+    shown = json.loads(out)
+    assert shown["version"] == 1 and shown["tags"] == ["latest"] and shown["training"]["method"] == "random"
+    code, out, _ = run("verify", "--json")
+    assert json.loads(out) == {"checked": 1, "problems": []}
+    code, out, _ = run("pull", "math", "-o", str(tmp_path / "pulled.mask"), "--json")
+    assert json.loads(out)["ref"] == "math@1"
+
+
+def test_human_listing(run, mask_file):
+    run("push", str(mask_file), "--name", "math", "--tag", "prod")
+    code, out, _ = run("ls")
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["REF", "DIGEST", "BASE"]
+    assert lines[1].startswith("math@1") and "latest,prod" in lines[1]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["show", "nope"], "no mask named 'nope'"),
+        (["show", "math@9"], "no version math@9"),
+        (["push", "missing.mask", "--name", "x"], "missing.mask"),
+        (["push", "{mask}", "--name", "bad/name"], "invalid mask name"),
+        (["tag", "math", "latest"], "latest"),
+        (["untag", "math"], "NAME:TAG"),
+    ],
+)
+def test_user_errors_are_one_line_and_nonzero(run, mask_file, argv, message):
+    run("push", str(mask_file), "--name", "math")
+    code, out, err = run(*[a.replace("{mask}", str(mask_file)) for a in argv])
+    assert code == 1
+    assert message in err and err.count("\n") == 1 and err.startswith("mask-store: error:")
+
+
+def test_verify_exits_nonzero_on_corruption(run, mask_file, tmp_path):
+    run("push", str(mask_file), "--name", "math")
+    blob = next((tmp_path / "store" / "blobs").glob("*/*.mask"))
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 4
+    blob.write_bytes(bytes(data))
+    code, out, _ = run("verify")
+    assert code == 1 and "math@1" in out
+
+
+def test_push_checks_the_base_when_asked(run, tiny_model, mask_file):
+    code, _, err = run("push", str(mask_file), "--name", "math", "--base", str(tiny_model))
+    assert code == 1 and base_id(tiny_model) in err
+
+
+def test_base_id_command(run, tiny_model):
+    code, out, _ = run("base-id", str(tiny_model))
+    assert code == 0 and out.strip() == base_id(tiny_model)

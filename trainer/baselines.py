@@ -1,0 +1,42 @@
+"""Masks made without training: the paper's random and L1 (magnitude) baselines, and test fixtures.
+
+Both remove exactly round(ratio * size) entries of every target matrix, the same count MFT removes, so the three
+methods compare at equal sparsity.
+"""
+
+import zlib
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from mask_store.checkpoint import tensor_locations
+from mask_store.mask import TensorMask
+
+
+def removed_count(size: int, ratio: float) -> int:
+    return int(round(ratio * size))
+
+
+def random_mask(shapes: dict[str, tuple[int, ...]], ratio: float, seed: int) -> dict[str, TensorMask]:
+    """Uniformly random positions per matrix; each tensor's draw depends only on (seed, name)."""
+    out = {}
+    for name, shape in shapes.items():
+        size = int(np.prod(shape))
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        removed = np.sort(rng.choice(size, removed_count(size, ratio), replace=False)).astype(np.int64)
+        out[name] = TensorMask(tuple(shape), removed)
+    return out
+
+
+def magnitude_mask(model_dir: str, names: list[str], ratio: float) -> dict[str, TensorMask]:
+    """Remove the smallest |w| of each matrix (ties broken by torch.topk, deterministically)."""
+    locations = tensor_locations(model_dir)
+    out = {}
+    for name in names:
+        with safe_open(locations[name].file, framework="pt") as f:
+            weight = f.get_tensor(name)
+        k = removed_count(weight.numel(), ratio)
+        smallest = torch.topk(weight.float().abs().flatten(), k, largest=False, sorted=False).indices
+        out[name] = TensorMask(tuple(weight.shape), np.sort(smallest.numpy()).astype(np.int64))
+    return out

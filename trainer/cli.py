@@ -1,0 +1,119 @@
+"""`mask-train`: make a task mask for a base model, by MFT or by a baseline, and optionally push it.
+
+    mask-train --model DIR --data train.jsonl --method mft --layers 20-23 --out task.mask
+    mask-train --model DIR --method magnitude --mask-ratio 0.1 --layers 20-23 --out l1.mask
+
+Arguments are checked here, before any model is loaded; the library functions trust them.
+"""
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from mask_store.identity import base_id
+from mask_store.checkpoint import tensor_shapes
+from mask_store.default_model import default_model_dir
+from mask_store.errors import MaskError
+from mask_store.format import save_mask
+from mask_store.mask import Mask
+from mask_store.store import Store
+
+from .baselines import magnitude_mask, random_mask
+from .targets import TargetSpec, select_targets
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mask-train", description=__doc__.splitlines()[0])
+    what = parser.add_argument_group("what to mask")
+    what.add_argument("--model", help="Hugging Face-format model folder (default: SmolLM2-135M-Instruct)")
+    what.add_argument("--method", choices=("mft", "random", "magnitude"), default="mft")
+    what.add_argument("--layers", required=True, help="decoder layers A-B, inclusive (e.g. 20-23)")
+    what.add_argument("--modules", default="all", help="all, attn, mlp, or a comma list of q,k,v,o,gate,up,down")
+    what.add_argument("--mask-ratio", type=float, default=0.1, help="fraction of each target matrix removed")
+    what.add_argument("--seed", type=int, default=0)
+
+    mft = parser.add_argument_group("MFT training (--method mft)")
+    mft.add_argument("--data", help="training JSON lines: {prompt, completion} or {messages}")
+    mft.add_argument("--eval", help="held-out JSON lines, same schema, for the final base-vs-mask summary")
+    mft.add_argument("--init", choices=("magnitude", "random"), default="magnitude", help="initial scores")
+    length = mft.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimizer steps (default: one epoch)")
+    length.add_argument("--epochs", type=float, help="passes over the training data")
+    mft.add_argument("--lr", type=float, default=1e-2, help="AdamW learning rate on the scores")
+    mft.add_argument("--warmup", type=float, default=0.1, help="fraction of steps with linear warm-up")
+    mft.add_argument("--batch-size", type=int, default=8)
+    mft.add_argument("--grad-accum", type=int, default=1)
+    mft.add_argument("--seq-len", type=int, default=256, help="examples are truncated to this many tokens")
+    mft.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", required=True, help="where to write the .mask file")
+    out.add_argument("--push", metavar="NAME", help="also push the mask to the store under NAME")
+    out.add_argument("--tag", action="append", default=[], help="with --push: tags for the new version")
+    out.add_argument("--store", help="store URI for --push (default: $MASK_STORE or the local cache store)")
+    return parser
+
+
+def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if not 0.0 < args.mask_ratio < 1.0:
+        parser.error(f"--mask-ratio must be strictly between 0 and 1, not {args.mask_ratio}")
+    if args.method == "mft":
+        if not args.data:
+            parser.error("--method mft needs --data")
+        for flag, path in (("--data", args.data), ("--eval", args.eval)):
+            if path and not Path(path).is_file():
+                parser.error(f"{flag} {path}: no such file")
+        for flag in ("steps", "batch_size", "grad_accum", "seq_len"):
+            value = getattr(args, flag)
+            if value is not None and value < 1:
+                parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+        if args.epochs is not None and args.epochs <= 0:
+            parser.error("--epochs must be positive")
+        if not 0.0 <= args.warmup < 1.0:
+            parser.error("--warmup is a fraction in [0, 1)")
+    if args.tag and not args.push:
+        parser.error("--tag needs --push")
+
+
+def run(args: argparse.Namespace) -> Mask:
+    model_dir = Path(args.model) if args.model else default_model_dir()
+    spec = TargetSpec.parse(args.layers, args.modules)
+    shapes = tensor_shapes(model_dir)
+    names = select_targets(spec, shapes)
+    training = {"method": args.method, "mask_ratio": args.mask_ratio, "seed": args.seed, **spec.describe(),
+                "model": model_dir.name}
+    started = time.perf_counter()
+    if args.method == "random":
+        tensors = random_mask({n: shapes[n] for n in names}, args.mask_ratio, args.seed)
+    elif args.method == "magnitude":
+        tensors = magnitude_mask(model_dir, names, args.mask_ratio)
+    else:
+        from .mft import train_from_args
+
+        tensors, extra = train_from_args(args, model_dir, names)
+        training.update(extra)
+    training["seconds"] = round(time.perf_counter() - started, 2)
+    return Mask(base_id(model_dir), tensors, training)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check(args, parser)
+    try:
+        mask = run(args)
+        digest = save_mask(mask, args.out)
+        print(f"wrote {args.out}: {mask.removed_count:,} of {mask.masked_count:,} weights removed, digest {digest}")
+        if args.push:
+            record = Store(args.store).push(args.out, args.push, args.tag)
+            print(f"pushed {record.ref} {record.digest}")
+    except MaskError as e:
+        print(f"mask-train: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
