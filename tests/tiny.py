@@ -31,8 +31,8 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 
 def tiny_config(**overrides) -> LlamaConfig:
     values = dict(
-        vocab_size=260, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-5,
+        vocab_size=260, hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, max_position_embeddings=512, rms_norm_eps=1e-5,
         tie_word_embeddings=False, bos_token_id=256, eos_token_id=257, pad_token_id=257,
     )
     values.update(overrides)

@@ -1,0 +1,78 @@
+"""Per-request masks inside one batch: every row gets y = x W^T, then the rows of mask m get y_r -= x_r D_m^T.
+
+`MaskedLinear` wraps a frozen linear layer (a plain `nn.Linear`, or vLLM's fused parallel layers, which return
+`(output, bias)`). The rows each mask owns in the current forward pass live in one shared `BatchMasks`, set once per
+step from an index tensor (one mask slot per token, -1 for the base model), so the layers themselves hold no
+per-request state and a batch without masks costs one check per layer.
+
+D_m (see deltas.py) is sparse, so the correction costs about one multiply-add per removed weight per masked row.
+Non-goal: tensor parallelism above 1, where row-parallel layers would need their corrections all-reduced too.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class BatchMasks:
+    """Which rows of the current forward pass belong to which mask; rows of the base model appear nowhere."""
+
+    groups: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # (digest, rows (R,) int64)
+
+    def clear(self) -> None:
+        self.groups = []
+
+    def set_slots(self, token_slots: np.ndarray, digests: list[str]) -> None:
+        """token_slots: (T,) index into `digests` per token, -1 for the base model."""
+        self.groups = [
+            (digests[slot], torch.from_numpy(np.flatnonzero(token_slots == slot)))
+            for slot in np.unique(token_slots)
+            if slot >= 0
+        ]
+
+    def set_requests(self, request_digests: list[str | None], query_start_loc: np.ndarray) -> None:
+        """One digest (or None) per request, whose tokens are rows query_start_loc[i]:query_start_loc[i+1]."""
+        distinct = sorted({d for d in request_digests if d is not None})
+        slot_of = {d: i for i, d in enumerate(distinct)}
+        request_slots = np.array([slot_of.get(d, -1) for d in request_digests], dtype=np.int64)
+        self.set_slots(np.repeat(request_slots, np.diff(query_start_loc)), distinct)
+
+
+class MaskedLinear(nn.Module):
+    def __init__(self, base: nn.Module, batch: BatchMasks, returns_tuple: bool = False):
+        super().__init__()
+        self.base = base
+        self.batch = batch
+        self.returns_tuple = returns_tuple
+        self.deltas: dict[str, torch.Tensor] = {}  # digest -> D, CSR (out, in), fp32
+
+    def forward(self, x: torch.Tensor):
+        out = self.base(x)
+        if not self.batch.groups:
+            return out
+        y = out[0] if self.returns_tuple else out
+        x_rows = x.reshape(-1, x.shape[-1])  # (T, in)
+        y_rows = y.view(-1, y.shape[-1])  # (T, out)
+        for digest, rows in self.batch.groups:
+            delta = self.deltas.get(digest)
+            if delta is None:
+                continue
+            xr = x_rows.index_select(0, rows).float()  # (R, in)
+            correction = torch.sparse.mm(delta, xr.t()).t()  # (R, out) = x_r D^T
+            y_rows.index_add_(0, rows, correction.to(y_rows.dtype), alpha=-1)
+        return out
+
+
+def wrap_linears(model: nn.Module, names: list[str], batch: BatchMasks, returns_tuple: bool) -> dict[str, MaskedLinear]:
+    """Replace the named submodules by MaskedLinear wrappers in place; returns them by name."""
+    wrapped = {}
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        module = MaskedLinear(getattr(parent, child), batch, returns_tuple)
+        setattr(parent, child, module)
+        wrapped[name] = module
+    return wrapped

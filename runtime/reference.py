@@ -1,0 +1,95 @@
+"""The plain-transformers reference: a mask applied by zeroing weights, the oracle every fast path is checked against.
+
+`materialize` writes W * M into a model's weights; `token_logprobs` scores texts with it. `export_materialized`
+saves the result as a standalone checkpoint for users who want one (`mask-store export REF --materialize DIR`).
+`HFMaskedModel` runs the same per-request correction as the vLLM worker (MaskedLinear + MaskBank) on an unfused
+transformers model, so the batching maths is tested without an engine.
+"""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from mask_store.errors import BaseMismatch
+from mask_store.format import load_mask
+from mask_store.identity import base_id
+from mask_store.mask import Mask
+
+from .bank import MaskBank
+from .deltas import CheckpointReader, build_deltas
+from .layout import hf_placement
+from .masked_linear import BatchMasks, wrap_linears
+
+_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32):
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    model.eval().requires_grad_(False)
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+@torch.no_grad()
+def materialize(model: torch.nn.Module, mask: Mask) -> None:
+    """Zero the removed weights in place: the model becomes the masked model."""
+    params = dict(model.named_parameters())
+    for name, tensor in mask.tensors.items():
+        params[name].view(-1)[torch.from_numpy(tensor.removed)] = 0
+
+
+@torch.no_grad()
+def token_logprobs(model: torch.nn.Module, tokenizer, texts: list[str]) -> list[np.ndarray]:
+    """log p(token_i | tokens_<i) for i >= 1 of each text, fp64 numpy, one forward per text."""
+    out = []
+    for text in texts:
+        ids = torch.tensor([tokenizer(text)["input_ids"]])
+        logits = model(ids).logits[0, :-1].double()  # (T-1, vocab)
+        logp = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])[:, 0]
+        out.append(logp.numpy())
+    return out
+
+
+def export_materialized(model_dir: str | Path, mask_path: str | Path, out_dir: str | Path) -> None:
+    """Write model_dir with the mask applied to out_dir (safetensors, config, tokenizer); all or nothing."""
+    mask = load_mask(mask_path)
+    served = base_id(model_dir)
+    if mask.base_id != served:
+        raise BaseMismatch(f"mask {mask_path}", mask.base_id, served)
+    model, tokenizer = load_model(model_dir)
+    materialize(model, mask)
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+
+
+class HFMaskedModel:
+    """A transformers model serving several masks at once, row by row, through the same bank as vLLM's worker."""
+
+    def __init__(self, model_dir: str | Path, budget_bytes: int = 1 << 30):
+        self.model, self.tokenizer = load_model(model_dir)
+        self.batch = BatchMasks()
+        names = [n for n, _ in self.model.named_modules() if n.rsplit(".", 1)[-1] in _PROJECTIONS]
+        layers = wrap_linears(self.model, names, self.batch, returns_tuple=False)
+        reader = CheckpointReader(model_dir)
+        shapes = {n: (m.base.out_features, m.base.in_features) for n, m in layers.items()}
+        self.bank = MaskBank(
+            base_id(model_dir), layers, lambda mask: build_deltas(mask, reader, hf_placement, shapes), budget_bytes
+        )
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor, row_digests: list[str | None]) -> torch.Tensor:
+        """input_ids (B, T), one mask digest (or None) per row -> logits (B, T, vocab)."""
+        b, t = input_ids.shape
+        self.batch.set_requests(row_digests, np.arange(b + 1) * t)
+        try:
+            return self.model(input_ids).logits
+        finally:
+            self.batch.clear()
