@@ -12,6 +12,7 @@ two can never interleave badly.
 import json
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,16 +40,25 @@ class LocalBackend:
     def __init__(self, root: Path):
         self.root = root
         self.uri = str(root)
+        self._threads = threading.local()
         try:
             (root / "blobs").mkdir(parents=True, exist_ok=True)
             if not os.access(root, os.W_OK):
                 raise PermissionError(13, "Permission denied")
-            self.db = sqlite3.connect(root / "index.sqlite", timeout=60, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"store {root} is not usable: {getattr(e, 'strerror', None) or e}") from e
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """One connection per thread (sqlite3 connections must stay on the thread that made them)."""
+        db = getattr(self._threads, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.root / "index.sqlite", timeout=60, isolation_level=None)
+            db.execute("PRAGMA synchronous=FULL")
+            self._threads.db = db
+        return db
 
     # --- blobs ---------------------------------------------------------------------------------------------------
 

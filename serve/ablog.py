@@ -1,0 +1,210 @@
+"""The A/B log: one SQLite row per experiment request, outcomes attached later, and the per-arm report.
+
+    requests(id, experiment, arm, mask, status, latency_s, ttft_s, completion_tokens, at)
+    feedback(id, score, at)        -- POST /v1/feedback {"id": response id, "score": float}
+
+The report gives, per arm: requests, errors, mean and p95 latency, mean TTFT, tokens/s, and the mean score with a
+95% confidence interval; then each arm's score difference to the first (control) arm with a Welch interval.
+Intervals use Student's t, its quantile computed from the exact CDF (no SciPy needed).
+"""
+
+import math
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT, experiment TEXT NOT NULL, arm TEXT NOT NULL, mask TEXT NOT NULL, status INTEGER NOT NULL,
+    latency_s REAL NOT NULL, ttft_s REAL, completion_tokens INTEGER, at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_by_experiment ON requests (experiment);
+CREATE INDEX IF NOT EXISTS requests_by_id ON requests (id);
+CREATE TABLE IF NOT EXISTS feedback (id TEXT PRIMARY KEY, score REAL NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS experiments (name TEXT PRIMARY KEY, definition TEXT NOT NULL, at REAL NOT NULL);
+"""
+
+
+class ABLog:
+    def __init__(self, path: str | Path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(_SCHEMA)
+
+    def record(self, response_id: str | None, experiment: str, arm: str, mask: str, status: int,
+               latency_s: float, ttft_s: float | None, completion_tokens: int | None) -> None:
+        self.db.execute(
+            "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (response_id, experiment, arm, mask, status, latency_s, ttft_s, completion_tokens, time.time()),
+        )
+
+    def feedback(self, response_id: str, score: float) -> bool:
+        """Attach (or replace) a score; False if no experiment request has that id."""
+        if self.db.execute("SELECT 1 FROM requests WHERE id=? LIMIT 1", (response_id,)).fetchone() is None:
+            return False
+        self.db.execute("INSERT OR REPLACE INTO feedback VALUES (?, ?, ?)", (response_id, score, time.time()))
+        return True
+
+    def save_experiment(self, name: str, definition: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO experiments VALUES (?, ?, ?)", (name, definition, time.time()))
+
+    def arms(self, experiment: str) -> list[str]:
+        """Arms in the order the experiment declares them, then any others seen in the log."""
+        import json
+
+        row = self.db.execute("SELECT definition FROM experiments WHERE name=?", (experiment,)).fetchone()
+        declared = [a["name"] for a in json.loads(row[0])["arms"]] if row else []
+        seen = [a for (a,) in self.db.execute(
+            "SELECT DISTINCT arm FROM requests WHERE experiment=? ORDER BY rowid", (experiment,))]
+        return declared + [a for a in seen if a not in declared]
+
+    def rows(self, experiment: str, arm: str) -> list[tuple]:
+        return self.db.execute(
+            "SELECT r.status, r.latency_s, r.ttft_s, r.completion_tokens, f.score FROM requests r "
+            "LEFT JOIN feedback f ON f.id = r.id WHERE r.experiment=? AND r.arm=?",
+            (experiment, arm),
+        ).fetchall()
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta function (modified Lentz; Numerical Recipes 6.4)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _t_cdf(t: float, df: float) -> float:
+    x = df / (df + t * t)
+    front = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - math.lgamma(0.5)
+                     + (df / 2) * math.log(x) + 0.5 * math.log1p(-x))
+    if x < (df / 2 + 1) / (df / 2 + 2.5):
+        tail = front * _betacf(df / 2, 0.5, x) / (df / 2)  # P(|T| > |t|)
+    else:
+        tail = 1.0 - front * _betacf(0.5, df / 2, 1.0 - x) / 0.5
+    return 1.0 - tail / 2 if t >= 0 else tail / 2
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Student's t quantile for p > 0.5, by bisection on the exact CDF (any real df > 0)."""
+    lo, hi = 0.0, 1.0
+    while _t_cdf(hi, df) < p:
+        hi *= 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+@dataclass
+class ArmReport:
+    arm: str
+    requests: int
+    errors: int
+    latency_mean_s: float | None
+    latency_p95_s: float | None
+    ttft_mean_s: float | None
+    tokens_per_s: float | None
+    scored: int
+    score_mean: float | None
+    score_ci95: tuple[float, float] | None
+
+
+def _mean_ci(x: np.ndarray) -> tuple[float | None, tuple[float, float] | None]:
+    if len(x) == 0:
+        return None, None
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, None
+    half = t_quantile(0.975, len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return mean, (mean - half, mean + half)
+
+
+def arm_report(arm: str, rows: list[tuple]) -> ArmReport:
+    ok = [r for r in rows if r[0] < 400]
+    latency = np.array([r[1] for r in ok])
+    ttft = np.array([r[2] for r in ok if r[2] is not None])
+    tokens = sum(r[3] or 0 for r in ok)
+    scores = np.array([r[4] for r in rows if r[4] is not None])
+    mean, ci = _mean_ci(scores)
+    return ArmReport(
+        arm=arm,
+        requests=len(rows),
+        errors=len(rows) - len(ok),
+        latency_mean_s=float(latency.mean()) if len(latency) else None,
+        latency_p95_s=float(np.percentile(latency, 95)) if len(latency) else None,
+        ttft_mean_s=float(ttft.mean()) if len(ttft) else None,
+        tokens_per_s=tokens / float(latency.sum()) if len(latency) and latency.sum() > 0 else None,
+        scored=len(scores),
+        score_mean=mean,
+        score_ci95=ci,
+    )
+
+
+def difference(control: np.ndarray, other: np.ndarray) -> tuple[float, tuple[float, float]] | None:
+    """other - control with a Welch 95% interval; None with fewer than two scores on a side."""
+    if len(control) < 2 or len(other) < 2:
+        return None
+    va, vb = control.var(ddof=1) / len(control), other.var(ddof=1) / len(other)
+    diff = float(other.mean() - control.mean())
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, (diff, diff)
+    df = (va + vb) ** 2 / (va**2 / (len(control) - 1) + vb**2 / (len(other) - 1))
+    half = t_quantile(0.975, df) * se
+    return diff, (diff - half, diff + half)
+
+
+def report(log: ABLog, experiment: str) -> dict:
+    arms = log.arms(experiment)
+    per_arm = {arm: log.rows(experiment, arm) for arm in arms}
+    out = {"experiment": experiment, "arms": [asdict(arm_report(a, rows)) for a, rows in per_arm.items()],
+           "differences": []}
+    if arms:
+        control = np.array([r[4] for r in per_arm[arms[0]] if r[4] is not None])
+        for arm in arms[1:]:
+            scores = np.array([r[4] for r in per_arm[arm] if r[4] is not None])
+            d = difference(control, scores)
+            out["differences"].append({"arm": arm, "vs": arms[0], "score_diff": d[0] if d else None,
+                                       "ci95": d[1] if d else None})
+    return out
+
+
+def format_report(data: dict) -> str:
+    def f(x, spec=".3f"):
+        return "-" if x is None else format(x, spec)
+
+    lines = [f"experiment {data['experiment']}"]
+    header = f"{'arm':<20} {'requests':>8} {'errors':>6} {'lat mean':>9} {'lat p95':>8} {'ttft':>7} " \
+             f"{'tok/s':>7} {'scored':>6} {'score (95% CI)':>24}"
+    lines.append(header)
+    for a in data["arms"]:
+        ci = a["score_ci95"]
+        score = f"{f(a['score_mean'])}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        lines.append(
+            f"{a['arm']:<20} {a['requests']:>8} {a['errors']:>6} {f(a['latency_mean_s']):>9} "
+            f"{f(a['latency_p95_s']):>8} {f(a['ttft_mean_s']):>7} {f(a['tokens_per_s'], '.1f'):>7} "
+            f"{a['scored']:>6} {score:>24}"
+        )
+    for d in data["differences"]:
+        if d["score_diff"] is None:
+            lines.append(f"{d['arm']} - {d['vs']}: not enough scores for an interval")
+        else:
+            lo, hi = d["ci95"]
+            lines.append(f"{d['arm']} - {d['vs']}: score {d['score_diff']:+.3f} (95% CI [{lo:+.3f}, {hi:+.3f}])")
+    return "\n".join(lines)

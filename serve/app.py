@@ -1,0 +1,101 @@
+"""Build and run the server: vLLM's OpenAI app, engine and uvicorn launcher, plus what masks need.
+
+This follows vLLM 0.32's `entrypoints/launchers/api_server/entry.py` (`run_server_worker` -> `build_and_serve`)
+step by step, adding between `init_app_state` and `serve_http`: the worker setup RPC, our router, and the auth and
+mask middlewares. Everything else (chat templates, streaming, logprobs, tool parsing, /metrics, /health) is vLLM's.
+"""
+
+import json
+from argparse import Namespace
+from dataclasses import dataclass
+from pathlib import Path
+
+from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
+from vllm.entrypoints.launchers.app import build_app
+from vllm.entrypoints.launchers.launcher import serve_http, setup_server
+from vllm.entrypoints.launchers.utils.server_utils import get_uvicorn_log_config
+import vllm.envs as envs
+
+from mask_store.store import Store
+
+from .ablog import ABLog
+from .auth import AuthMiddleware
+from .experiments import Experiments
+from .masks import MaskService
+from .middleware import MaskMiddleware
+from .router import router
+
+
+@dataclass(frozen=True)
+class MaskServeConfig:
+    model_dir: str  # the base model folder vLLM serves
+    base_id: str  # its base id; masks for any other base are refused
+    store: str  # store URI
+    api_key: str | None  # inference needs it when set
+    admin_key: str | None  # admin routes need it when set; without it, only a loopback-bound server has them
+    experiments_file: str | None  # YAML or JSON experiments to start with
+    ab_db: str  # SQLite file of the A/B log
+    mask_memory_bytes: int  # the workers' mask bank budget
+    resolve_ttl_s: float  # how long a REF -> version resolution is reused
+
+
+async def install(app, engine_client, served_names: list[str], host: str | None, config: MaskServeConfig) -> None:
+    """Add maskserve to a vLLM app whose state `init_app_state` has filled."""
+    service = MaskService(engine_client, Store(config.store), config.model_dir, config.base_id, served_names[0],
+                          config.resolve_ttl_s)
+    await service.setup(config.mask_memory_bytes)
+    experiments = Experiments()
+    ablog = ABLog(config.ab_db)
+    if config.experiments_file:
+        experiments.load_file(config.experiments_file)
+    for experiment in experiments.by_name.values():
+        ablog.save_experiment(experiment.name, json.dumps(experiment.describe()))
+    app.state.masks, app.state.experiments, app.state.ablog = service, experiments, ablog
+    app.include_router(router)
+    # build_app's SageMaker bootstrap already built Starlette's middleware stack; no request has been served, so
+    # drop it and let Starlette rebuild it, with ours outermost, on the first request.
+    app.middleware_stack = None
+    app.add_middleware(MaskMiddleware, service=service, experiments=experiments, ablog=ablog,
+                       base_names=served_names)
+    app.add_middleware(AuthMiddleware, api_key=config.api_key, admin_key=config.admin_key, host=host)
+
+
+async def run(args: Namespace, config: MaskServeConfig) -> None:
+    listen_address, sock = setup_server(args, reuse_port=False)
+    async with build_async_engine_client(args) as engine_client:
+        supported_tasks = await engine_client.get_supported_tasks()
+        app = build_app(args, supported_tasks, engine_client.model_config)
+        await init_app_state(engine_client, app.state, args, supported_tasks)
+        await install(app, engine_client, list(args.served_model_name or [args.model]), args.host, config)
+        uvicorn_kwargs = {}
+        if (log_config := get_uvicorn_log_config(args)) is not None:
+            uvicorn_kwargs["log_config"] = log_config
+        shutdown_task = await serve_http(
+            app,
+            sock=sock,
+            enable_ssl_refresh=args.enable_ssl_refresh,
+            host=args.host,
+            port=args.port,
+            log_level=args.uvicorn_log_level,
+            access_log=not args.disable_uvicorn_access_log,
+            timeout_keep_alive=envs.VLLM_HTTP_TIMEOUT_KEEP_ALIVE,
+            ssl_keyfile=args.ssl_keyfile,
+            ssl_certfile=args.ssl_certfile,
+            ssl_ca_certs=args.ssl_ca_certs,
+            ssl_cert_reqs=args.ssl_cert_reqs,
+            ssl_ciphers=args.ssl_ciphers,
+            h11_max_incomplete_event_size=args.h11_max_incomplete_event_size,
+            h11_max_header_count=args.h11_max_header_count,
+            **uvicorn_kwargs,
+        )
+    try:
+        await shutdown_task
+    finally:
+        sock.close()
+
+
+def default_ab_db() -> str:
+    from mask_store.paths import cache_dir
+
+    return str(Path(cache_dir()) / "ab.sqlite")

@@ -1,0 +1,91 @@
+"""What the server knows about masks: resolving REFs (live, with a short cache), loading them into the engine's
+workers once, and listing the masks this base can serve. No HTTP here; the middleware and routes call it.
+
+REFs are resolved on every request through a cache of `resolve_ttl_s` seconds, so a version pushed or a tag moved
+is served within that time, with no restart. A mask is loaded into the workers the first time a request needs it
+(one `collective_rpc`, concurrent first requests share it); after that, requests only name its digest.
+"""
+
+import asyncio
+import time
+
+from mask_store.store import Store
+from runtime.requests import ServedMask, first_result, resolve
+
+from . import metrics
+
+
+class MaskService:
+    def __init__(self, engine_client, store: Store, model_dir: str, base_id: str, served_name: str,
+                 resolve_ttl_s: float = 1.0):
+        self.engine = engine_client
+        self.store = store
+        self.model_dir = model_dir
+        self.base_id = base_id
+        self.served_name = served_name
+        self.resolve_ttl_s = resolve_ttl_s
+        self._resolved: dict[str, tuple[float, ServedMask]] = {}
+        self._loaded: set[str] = set()
+        self._loading: dict[str, asyncio.Task] = {}
+
+    async def _rpc(self, method: str, *args) -> dict:
+        return first_result(await self.engine.collective_rpc(method, args=args))
+
+    async def setup(self, budget_bytes: int) -> None:
+        await self._rpc("maskserve_setup", self.model_dir, self.base_id, budget_bytes)
+
+    def resolve(self, ref: str) -> ServedMask:
+        now = time.monotonic()
+        hit = self._resolved.get(ref)
+        if hit is not None and now - hit[0] < self.resolve_ttl_s:
+            return hit[1]
+        served = resolve(self.store, ref, self.base_id)
+        self._resolved[ref] = (now, served)
+        return served
+
+    async def ensure_loaded(self, served: ServedMask, pin: bool = False) -> dict | None:
+        """Load into every worker unless already there; returns the load report when this call loaded it."""
+        if served.digest in self._loaded and not pin:
+            return None
+        task = self._loading.get(served.digest)
+        if task is None:
+            task = asyncio.ensure_future(self._load(served, pin))
+            self._loading[served.digest] = task
+            task.add_done_callback(lambda _t: self._loading.pop(served.digest, None))
+        return await asyncio.shield(task)
+
+    async def _load(self, served: ServedMask, pin: bool) -> dict:
+        started = time.perf_counter()
+        report = await self._rpc("maskserve_load", served.path, pin)
+        metrics.MASK_LOAD_SECONDS.observe(time.perf_counter() - started)
+        self._loaded.add(served.digest)
+        metrics.MASKS_LOADED.set(len(self._loaded))
+        return report
+
+    async def unload(self, ref: str) -> bool:
+        served = self.resolve(ref)
+        unloaded = (await self._rpc("maskserve_unload", served.digest))["unloaded"]
+        self._loaded.discard(served.digest)
+        metrics.MASKS_LOADED.set(len(self._loaded))
+        return unloaded
+
+    async def status(self) -> dict:
+        status = await self._rpc("maskserve_status")
+        self._loaded = {m["digest"] for m in status["masks"]}  # the workers may have evicted some
+        metrics.MASKS_LOADED.set(len(self._loaded))
+        names = {r.digest: r.ref for r in self.store.versions(base_id=self.base_id)}
+        for m in status["masks"]:
+            m["ref"] = names.get(m["digest"])
+        return status
+
+    def model_cards(self, created: int) -> list[dict]:
+        """OpenAI model objects for every mask name this base can serve (its newest version), like vLLM's LoRAs."""
+        newest = {}
+        for record in self.store.versions(base_id=self.base_id):
+            newest[record.name] = record
+        return [
+            {"id": name, "object": "model", "created": created, "owned_by": "maskserve", "root": record.ref,
+             "parent": self.served_name, "permission": [],
+             "mask": {"name": name, "version": record.version, "digest": record.digest, "tags": list(record.tags)}}
+            for name, record in sorted(newest.items())
+        ]

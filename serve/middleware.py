@@ -1,0 +1,289 @@
+"""The `mask` field, as ASGI middleware in front of vLLM's own OpenAI server.
+
+On POST /v1/completions and /v1/chat/completions it takes `mask` (or a `model` that names a mask, or `ab:NAME`),
+resolves it through the store, makes sure the workers hold it, and hands vLLM an ordinary request whose
+`vllm_xargs` carry the digest and whose `cache_salt` starts with it. vLLM parses, templates, schedules and streams
+as it always does. On the way back it marks the response with the mask that served it (`x-mask` header, `mask`
+object in the JSON body or in every streamed chunk), and counts it in the metrics and, for experiments, the A/B log.
+
+GET /v1/models gets the masks this base can serve appended to vLLM's list. User-supplied `vllm_xargs` keys `mask`
+and `mask_path` are always dropped: only the store decides which file a worker loads.
+"""
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from starlette.datastructures import MutableHeaders
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mask_store.errors import InvalidRef, MaskError, NotFound
+from runtime.requests import ServedMask
+
+from . import metrics
+from .ablog import ABLog
+from .experiments import PREFIX, Experiments
+from .masks import MaskService
+from .protocol import error_body
+
+INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions")
+_RESERVED_XARGS = ("mask", "mask_path")
+
+
+@dataclass
+class Route:
+    served: ServedMask | None = None  # None: the base model
+    model_was_mask: bool = False
+    experiment: str | None = None
+    arm: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.served.name}@{self.served.version}" if self.served else "base"
+
+    def body_fields(self) -> dict:
+        out = {"mask": self.served.describe() if self.served else None}
+        if self.experiment:
+            out["experiment"] = {"name": self.experiment, "arm": self.arm}
+        return out
+
+
+@dataclass
+class Outcome:
+    """What the response told us, for metrics and the A/B log."""
+
+    status: int = 0
+    response_id: str | None = None
+    completion_tokens: int | None = None
+    first_token_at: float | None = None
+    streamed_chunks: int = 0
+    start: Message | None = None  # captured responses only
+    chunks: list[bytes] = field(default_factory=list)
+
+
+class MaskMiddleware:
+    def __init__(self, app: ASGIApp, service: MaskService, experiments: Experiments, ablog: ABLog,
+                 base_names: list[str]):
+        self.app = app
+        self.service = service
+        self.experiments = experiments
+        self.ablog = ablog
+        self.base_names = set(base_names)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"].removeprefix(scope.get("root_path", ""))
+            if scope["method"] == "POST" and path in INFERENCE_PATHS:
+                return await self._inference(scope, receive, send)
+            if scope["method"] == "GET" and path == "/v1/models":
+                return await self._models(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    # --- requests ------------------------------------------------------------------------------------------------
+
+    def route(self, request: dict) -> Route:
+        mask = request.get("mask")
+        if mask is not None and not isinstance(mask, str):
+            raise InvalidRef("'mask' must be a string (NAME, NAME@N, NAME:TAG, a digest or ab:EXPERIMENT) or null")
+        route = Route()
+        model = request.get("model")
+        if mask is None and isinstance(model, str) and model not in self.base_names:
+            mask, route.model_was_mask = model, True
+        if mask is not None and mask.startswith(PREFIX):
+            experiment = self.experiments.get(mask[len(PREFIX):])
+            user = request.get("user")
+            arm = experiment.route(user if isinstance(user, str) else None)
+            route.experiment, route.arm, mask = experiment.name, arm.name, arm.mask
+        if mask is not None:
+            try:
+                route.served = self.service.resolve(mask)
+            except (NotFound, InvalidRef) as e:
+                if not route.model_was_mask:
+                    raise
+                raise NotFound(f"model {model!r} is neither the served model ({', '.join(sorted(self.base_names))})"
+                               f" nor a mask: {e}") from e
+        return route
+
+    def rewrite(self, request: dict, route: Route) -> dict:
+        out = {k: v for k, v in request.items() if k != "mask"}
+        if route.model_was_mask:
+            out["model"] = self.service.served_name
+        xargs = out.get("vllm_xargs")
+        if isinstance(xargs, dict):
+            out["vllm_xargs"] = xargs = {k: v for k, v in xargs.items() if k not in _RESERVED_XARGS} or None
+        if route.served is not None:
+            out["vllm_xargs"] = {**(xargs if isinstance(xargs, dict) else {}), **route.served.extra_args}
+            salt = out.get("cache_salt")
+            out["cache_salt"] = f"{route.served.cache_salt}:{salt}" if isinstance(salt, str) else route.served.cache_salt
+        return out
+
+    async def _inference(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        body = await _read_body(receive)
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return await _error(scope, receive, send, 400, "request body is not valid JSON")
+        if not isinstance(request, dict):
+            return await _error(scope, receive, send, 400, "request body must be a JSON object")
+        try:
+            route = self.route(request)
+            if route.served is not None:
+                await self.service.ensure_loaded(route.served)
+        except MaskError as e:
+            metrics.REQUESTS.labels(mask="unresolved", status=str(e.status)).inc()  # never a client string
+            return await _error(scope, receive, send, e.status, str(e))
+        new_body = json.dumps(self.rewrite(request, route)).encode()
+        outcome = Outcome()
+        await self.app(_with_length(scope, len(new_body)), _replay(new_body, receive),
+                       _annotate(send, route, outcome))
+        self._account(route, outcome, time.perf_counter() - started, started)
+
+    def _account(self, route: Route, outcome: Outcome, latency: float, started: float) -> None:
+        label = route.label
+        metrics.REQUESTS.labels(mask=label, status=str(outcome.status)).inc()
+        metrics.LATENCY.labels(mask=label).observe(latency)
+        ttft = outcome.first_token_at - started if outcome.first_token_at else None
+        if ttft is not None:
+            metrics.TTFT.labels(mask=label).observe(ttft)
+        if outcome.completion_tokens:
+            metrics.TOKENS.labels(mask=label).inc(outcome.completion_tokens)
+        if route.experiment:
+            self.ablog.record(outcome.response_id, route.experiment, route.arm, label, outcome.status, latency, ttft,
+                              outcome.completion_tokens)
+
+    # --- /v1/models ----------------------------------------------------------------------------------------------
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        outcome = Outcome()
+        await self.app(scope, receive, _capture(outcome))
+        if outcome.status != 200:
+            return await _send_raw(send, outcome)
+        listing = json.loads(b"".join(outcome.chunks))
+        created = listing["data"][0]["created"] if listing.get("data") else int(time.time())
+        listing["data"].extend(self.service.model_cards(created))
+        await JSONResponse(listing)(scope, receive, send)
+
+
+# --- ASGI plumbing -------------------------------------------------------------------------------------------------
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # lets the app notice a client disconnect
+
+    return replay
+
+
+def _with_length(scope: Scope, length: int) -> Scope:
+    headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+    return {**scope, "headers": headers + [(b"content-length", str(length).encode())]}
+
+
+async def _error(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
+    await JSONResponse(error_body(message, status), status_code=status)(scope, receive, send)
+
+
+def _capture(outcome: Outcome) -> Send:
+    async def capture(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            outcome.status = message["status"]
+            outcome.start = message
+        else:
+            outcome.chunks.append(message.get("body", b""))
+
+    return capture
+
+
+async def _send_raw(send: Send, outcome: Outcome) -> None:
+    await send(outcome.start)
+    await send({"type": "http.response.body", "body": b"".join(outcome.chunks), "more_body": False})
+
+
+def _annotate(send: Send, route: Route, outcome: Outcome) -> Send:
+    """Add the mask to the response: headers always; JSON bodies and every SSE chunk when the request succeeded."""
+    extra = route.body_fields()
+    state = {"start": None, "stream": False, "buffer": b""}
+
+    async def annotated(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            outcome.status = message["status"]
+            headers = MutableHeaders(scope=message)
+            headers["x-mask"] = route.label
+            if route.served:
+                headers["x-mask-digest"] = route.served.digest
+            if route.experiment:
+                headers["x-mask-experiment"] = route.experiment
+                headers["x-mask-arm"] = route.arm
+            state["stream"] = headers.get("content-type", "").startswith("text/event-stream")
+            if outcome.status >= 400 or state["stream"]:
+                await send(message)
+            else:
+                state["start"] = message  # held until the body is rewritten and its length known
+            return
+        body = message.get("body", b"")
+        more = message.get("more_body", False)
+        if outcome.status >= 400:
+            await send(message)
+        elif state["stream"]:
+            data = state["buffer"] + body
+            *events, state["buffer"] = data.split(b"\n\n")
+            out = b"".join(_rewrite_event(e, extra, outcome) + b"\n\n" for e in events)
+            if not more and state["buffer"]:
+                out += state["buffer"]
+            await send({"type": "http.response.body", "body": out, "more_body": more})
+        else:
+            state["buffer"] += body
+            if more:
+                return
+            payload = json.loads(state["buffer"])
+            outcome.response_id = payload.get("id")
+            outcome.completion_tokens = (payload.get("usage") or {}).get("completion_tokens")
+            payload.update(extra)
+            rewritten = json.dumps(payload).encode()
+            start = state["start"]
+            MutableHeaders(scope=start)["content-length"] = str(len(rewritten))
+            await send(start)
+            await send({"type": "http.response.body", "body": rewritten, "more_body": False})
+
+    return annotated
+
+
+def _rewrite_event(event: bytes, extra: dict, outcome: Outcome) -> bytes:
+    if not event.startswith(b"data: ") or event == b"data: [DONE]":
+        return event
+    try:
+        chunk = json.loads(event[6:])
+    except ValueError:
+        return event
+    if not isinstance(chunk, dict):
+        return event
+    outcome.response_id = outcome.response_id or chunk.get("id")
+    if "error" not in chunk:
+        for choice in chunk.get("choices") or []:
+            if choice.get("text") or (choice.get("delta") or {}).get("content"):
+                outcome.streamed_chunks += 1
+                outcome.first_token_at = outcome.first_token_at or time.perf_counter()
+        usage = chunk.get("usage")
+        if usage and usage.get("completion_tokens") is not None:
+            outcome.completion_tokens = usage["completion_tokens"]
+        elif outcome.streamed_chunks:
+            outcome.completion_tokens = outcome.streamed_chunks
+        chunk.update(extra)
+    return b"data: " + json.dumps(chunk).encode()

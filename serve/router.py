@@ -1,0 +1,75 @@
+"""Routes maskserve adds to vLLM's app: mask admin, experiments, feedback. FastAPI glue only; auth is middleware."""
+
+import json
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from mask_store.errors import MaskError, NotFound
+
+from .protocol import ExperimentSpec, Feedback, LoadMaskRequest, UnloadMaskRequest, error_body
+
+router = APIRouter()
+
+
+def _error(e: MaskError) -> JSONResponse:
+    return JSONResponse(error_body(str(e), e.status), status_code=e.status)
+
+
+@router.get("/v1/masks")
+async def list_masks(request: Request):
+    return await request.app.state.masks.status()
+
+
+@router.post("/v1/masks/load")
+async def load_mask(body: LoadMaskRequest, request: Request):
+    service = request.app.state.masks
+    try:
+        served = service.resolve(body.mask)
+        report = await service.ensure_loaded(served, pin=body.pin)
+    except MaskError as e:
+        return _error(e)
+    return {"mask": served.describe(), "loaded": report is not None, "pinned": body.pin, "report": report}
+
+
+@router.post("/v1/masks/unload")
+async def unload_mask(body: UnloadMaskRequest, request: Request):
+    try:
+        unloaded = await request.app.state.masks.unload(body.mask)
+    except MaskError as e:
+        return _error(e)
+    return {"mask": body.mask, "unloaded": unloaded}
+
+
+@router.get("/v1/experiments")
+async def list_experiments(request: Request):
+    return {"experiments": [e.describe() for e in request.app.state.experiments.by_name.values()]}
+
+
+@router.post("/v1/experiments")
+async def create_experiment(body: ExperimentSpec, request: Request):
+    state = request.app.state
+    try:
+        for arm in body.arms:
+            if arm.mask != "base":
+                state.masks.resolve(arm.mask)  # refuse arms that cannot be served, now rather than per request
+    except MaskError as e:
+        return _error(e)
+    experiment = state.experiments.add(body)
+    state.ablog.save_experiment(experiment.name, json.dumps(experiment.describe()))
+    return experiment.describe()
+
+
+@router.get("/v1/experiments/{name}")
+async def get_experiment(name: str, request: Request):
+    try:
+        return request.app.state.experiments.get(name).describe()
+    except NotFound as e:
+        return _error(e)
+
+
+@router.post("/v1/feedback")
+async def feedback(body: Feedback, request: Request):
+    if not request.app.state.ablog.feedback(body.id, body.score):
+        return _error(NotFound(f"no experiment request with id {body.id!r}"))
+    return {"id": body.id, "score": body.score}

@@ -1,0 +1,101 @@
+"""A stand-in for vLLM's OpenAI app and engine client, so the mask layer is tested in milliseconds.
+
+The fake completion routes echo the request vLLM would have received (as `received`), non-streamed or as SSE
+chunks; the fake engine answers the worker RPCs from the mask files themselves.
+"""
+
+import asyncio
+import json
+from argparse import Namespace
+
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
+
+from mask_store.format import read_mask_file
+from serve.app import MaskServeConfig, install
+
+BASE_NAME = "base-model"
+
+
+class FakeEngine:
+    def __init__(self):
+        self.loaded: dict[str, dict] = {}
+        self.calls: list[tuple[str, tuple]] = []
+
+    async def collective_rpc(self, method: str, args: tuple = ()):
+        self.calls.append((method, args))
+        if method == "maskserve_setup":
+            return [{"layers": 0}]
+        if method == "maskserve_load":
+            path, pin = args
+            digest = read_mask_file(path).digest
+            self.loaded[digest] = {"digest": digest, "bytes": 100, "pinned": pin, "load_ms": 1.0}
+            return [self.loaded[digest]]
+        if method == "maskserve_unload":
+            return [{"unloaded": self.loaded.pop(args[0], None) is not None}]
+        if method == "maskserve_status":
+            return [{"base_id": "", "budget_bytes": 1000, "used_bytes": 100 * len(self.loaded),
+                     "masks": list(self.loaded.values())}]
+        raise AssertionError(method)
+
+
+def fake_vllm_app() -> FastAPI:
+    app = FastAPI()
+
+    async def respond(request: Request, kind: str):
+        body = await request.json()
+        if body.get("model") != BASE_NAME:
+            return _not_found(body.get("model"))
+        if body.get("stream"):
+            return StreamingResponse(_stream(body, kind), media_type="text/event-stream")
+        return {"id": f"{kind}-{len(body.get('prompt', '') or '')}-{body.get('user')}", "object": kind,
+                "choices": [{"index": 0, "text": "ok"}], "usage": {"prompt_tokens": 2, "completion_tokens": 3},
+                "received": body}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await respond(request, "text_completion")
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        return await respond(request, "chat.completion")
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": BASE_NAME, "object": "model", "created": 7, "parent": None}]}
+
+    init_exception_handler(app)
+    app.state.args = Namespace(log_error_stack=True)
+    return app
+
+
+def _not_found(model):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": {"message": f"The model `{model}` does not exist.", "type": "NotFoundError",
+                                   "code": 404}}, status_code=404)
+
+
+async def _stream(body: dict, kind: str):
+    for i, piece in enumerate(["Hel", "lo", ""]):
+        chunk = {"id": "stream-1", "object": kind + ".chunk", "choices": [{"index": 0, "text": piece}]}
+        if i == 2 and (body.get("stream_options") or {}).get("include_usage"):
+            chunk["usage"] = {"completion_tokens": 2}
+        # Split one event across two sends: the middleware must reassemble it.
+        data = f"data: {json.dumps(chunk)}\n\n".encode()
+        yield data[:10]
+        await asyncio.sleep(0)
+        yield data[10:]
+    yield b"data: [DONE]\n\n"
+
+
+def build(store_uri: str, base_id: str, tmp_path, host="127.0.0.1", api_key=None, admin_key=None,
+          experiments_file=None):
+    app = fake_vllm_app()
+    engine = FakeEngine()
+    config = MaskServeConfig(model_dir="unused", base_id=base_id, store=store_uri, api_key=api_key,
+                             admin_key=admin_key, experiments_file=experiments_file, ab_db=str(tmp_path / "ab.sqlite"),
+                             mask_memory_bytes=1 << 20, resolve_ttl_s=0.0)
+    asyncio.run(install(app, engine, [BASE_NAME], host, config))
+    return app, engine

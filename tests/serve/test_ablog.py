@@ -1,0 +1,68 @@
+import json
+
+import numpy as np
+import pytest
+
+from serve.ablog import ABLog, difference, report, t_quantile
+from serve.cli import main, parse_size
+
+
+@pytest.mark.parametrize(
+    "p, df, expected",
+    [(0.975, 1, 12.7062), (0.975, 3, 3.1824), (0.975, 5, 2.5706), (0.975, 10, 2.2281), (0.975, 30, 2.0423),
+     (0.975, 1000, 1.9623), (0.95, 7, 1.8946), (0.975, 2.5, 3.574655)]  # last: mpmath,
+)
+def test_t_quantile_matches_tables(p, df, expected):
+    assert t_quantile(p, df) == pytest.approx(expected, abs=1e-4)
+
+
+def test_welch_difference_covers_a_known_gap():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.0, 1.0, 400), rng.normal(0.5, 2.0, 300)
+    diff, (lo, hi) = difference(a, b)
+    assert lo < 0.5 < hi and lo < diff < hi
+    assert difference(a[:1], b) is None
+
+
+@pytest.fixture
+def log(tmp_path):
+    log = ABLog(tmp_path / "ab.sqlite")
+    log.save_experiment("exp", json.dumps({"name": "exp", "arms": [{"name": "base"}, {"name": "math"}]}))
+    for i in range(20):
+        log.record(f"b{i}", "exp", "base", "base", 200, 1.0 + i / 100, 0.1, 10, )
+        log.feedback(f"b{i}", 0.2 + (i % 2) * 0.1)
+        log.record(f"m{i}", "exp", "math", "math@1", 200 if i else 500, 2.0, None, 20)
+        log.feedback(f"m{i}", 0.8)
+    return log
+
+
+def test_report_per_arm(log):
+    data = report(log, "exp")
+    base, math = data["arms"]
+    assert base["arm"] == "base" and base["requests"] == 20 and base["errors"] == 0
+    assert base["latency_mean_s"] == pytest.approx(1.095)
+    assert base["tokens_per_s"] == pytest.approx(200 / 21.9)
+    assert base["score_mean"] == pytest.approx(0.25)
+    lo, hi = base["score_ci95"]
+    assert lo < 0.25 < hi
+    assert math["errors"] == 1 and math["requests"] == 20 and math["ttft_mean_s"] is None
+    (d,) = data["differences"]
+    assert d["arm"] == "math" and d["score_diff"] == pytest.approx(0.55)
+
+
+def test_feedback_needs_a_logged_request(log):
+    assert log.feedback("unknown", 1.0) is False
+
+
+def test_report_command(log, tmp_path, capsys):
+    assert main(["ab", "report", "exp", "--db", str(tmp_path / "ab.sqlite")]) == 0
+    out = capsys.readouterr().out
+    assert "experiment exp" in out and "math - base: score +0.550" in out
+    assert main(["ab", "report", "exp", "--db", str(tmp_path / "ab.sqlite"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["arms"][0]["arm"] == "base"
+    assert main(["ab", "report", "missing", "--db", str(tmp_path / "ab.sqlite")]) == 1
+    assert "missing" in capsys.readouterr().err
+
+
+def test_parse_size():
+    assert parse_size("1GiB") == 1 << 30 and parse_size("512MiB") == 512 << 20 and parse_size("100") == 100

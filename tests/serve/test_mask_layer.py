@@ -1,0 +1,239 @@
+"""The mask layer of the server (middleware, routes, auth) over a fake vLLM app: fast, no engine."""
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mask_store.format import read_mask_file, save_mask
+from mask_store.store import Store
+from tests.mask_store.helpers import BASE_A, BASE_B, random_mask
+
+from .fake_vllm import BASE_NAME, build
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = Store(tmp_path / "store")
+    for i, name in enumerate(["math", "math", "code"]):
+        path = tmp_path / f"{name}{i}.mask"
+        save_mask(random_mask(i), path)
+        store.push(path, name, tags=["prod"] if i == 0 else [])
+    other = tmp_path / "other.mask"
+    save_mask(random_mask(9, base_id=BASE_B), other)
+    store.push(other, "foreign")
+    return store
+
+
+@pytest.fixture
+def server(store, tmp_path):
+    app, engine = build(store.uri, BASE_A, tmp_path)
+    with TestClient(app) as client:
+        yield client, engine, store
+
+
+def complete(client, **body):
+    return client.post("/v1/completions", json={"model": BASE_NAME, "prompt": "hi", "max_tokens": 3, **body})
+
+
+def test_mask_becomes_xargs_and_cache_salt(server):
+    client, engine, store = server
+    r = complete(client, mask="math:prod")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    record = store.resolve("math@1")
+    assert body["mask"] == {"name": "math", "version": 1, "digest": record.digest}
+    assert r.headers["x-mask"] == "math@1" and r.headers["x-mask-digest"] == record.digest
+    sent = body["received"]
+    assert "mask" not in sent
+    assert sent["vllm_xargs"]["mask"] == record.digest
+    assert sent["cache_salt"] == record.digest
+    assert read_mask_file(sent["vllm_xargs"]["mask_path"]).digest == record.digest
+    assert [c[0] for c in engine.calls].count("maskserve_load") == 1
+    complete(client, mask="math@1")
+    assert [c[0] for c in engine.calls].count("maskserve_load") == 1  # loaded once
+
+
+def test_no_mask_is_the_base_and_says_so(server):
+    client, _, _ = server
+    r = complete(client)
+    assert r.headers["x-mask"] == "base" and r.json()["mask"] is None
+    assert "vllm_xargs" not in r.json()["received"] and "cache_salt" not in r.json()["received"]
+    r = complete(client, mask=None)
+    assert r.status_code == 200 and r.json()["mask"] is None
+
+
+def test_clients_cannot_smuggle_a_mask_path(server):
+    client, _, _ = server
+    r = complete(client, vllm_xargs={"mask": "0" * 64, "mask_path": "/etc/passwd", "other": 1})
+    assert r.json()["received"]["vllm_xargs"] == {"other": 1}
+    r = complete(client, mask="code", vllm_xargs={"mask_path": "/etc/passwd"})
+    assert r.json()["received"]["vllm_xargs"]["mask_path"] != "/etc/passwd"
+
+
+def test_user_cache_salt_is_kept_after_the_digest(server):
+    client, _, store = server
+    r = complete(client, mask="code", cache_salt="tenant-7")
+    assert r.json()["received"]["cache_salt"] == f"{store.resolve('code').digest}:tenant-7"
+
+
+def test_model_field_can_name_a_mask(server):
+    client, _, _ = server
+    r = client.post("/v1/chat/completions", json={"model": "math", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 200
+    assert r.json()["received"]["model"] == BASE_NAME and r.json()["mask"]["version"] == 2
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        ({"mask": "nope"}, 404, "no mask named 'nope'"),
+        ({"mask": "math@9"}, 404, "math@9"),
+        ({"mask": "foreign"}, 409, BASE_B),
+        ({"mask": 5}, 400, "'mask' must be a string"),
+        ({"mask": ["math"]}, 400, "'mask' must be a string"),
+        ({"mask": "bad/name"}, 400, "invalid mask name"),
+        ({"mask": "ab:nothing"}, 404, "no experiment named 'nothing'"),
+        ({"model": "gpt-4"}, 404, "neither the served model"),
+    ],
+)
+def test_user_errors_use_the_openai_schema(server, body, status, words):
+    client, _, _ = server
+    r = complete(client, **body)
+    assert r.status_code == status
+    error = r.json()["error"]
+    assert words in error["message"] and error["type"] and error["code"] == status
+    if status == 409:
+        assert BASE_A in error["message"]
+
+
+def test_malformed_json_is_400(server):
+    client, _, _ = server
+    for raw in (b"{not json", b"[1, 2]"):
+        r = client.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "error" in r.json()
+
+
+def test_streaming_chunks_carry_the_mask(server):
+    client, _, store = server
+    with client.stream("POST", "/v1/completions",
+                       json={"model": BASE_NAME, "prompt": "hi", "stream": True, "mask": "code"}) as r:
+        assert r.headers["x-mask"] == "code@1"
+        events = [e for e in r.read().decode().split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    assert len(chunks) == 3 and all(c["mask"]["digest"] == store.resolve("code").digest for c in chunks)
+    assert "".join(c["choices"][0]["text"] for c in chunks) == "Hello"
+
+
+def test_models_lists_base_and_compatible_masks(server):
+    client, _, _ = server
+    data = client.get("/v1/models").json()["data"]
+    ids = [m["id"] for m in data]
+    assert ids == [BASE_NAME, "code", "math"]  # foreign is for another base
+    math = data[2]
+    assert math["parent"] == BASE_NAME and math["root"] == "math@2" and math["mask"]["tags"] == ["latest"]
+
+
+def test_tag_moves_are_served_without_restart(server, tmp_path):
+    client, _, store = server
+    assert complete(client, mask="math:prod").json()["mask"]["version"] == 1
+    store.tag("math@2", "prod")
+    assert complete(client, mask="math:prod").json()["mask"]["version"] == 2
+    path = tmp_path / "new.mask"
+    save_mask(random_mask(42), path)
+    store.push(path, "math")
+    assert complete(client, mask="math").json()["mask"]["version"] == 3
+
+
+def test_admin_routes_load_unload_and_list(server):
+    client, engine, store = server
+    r = client.post("/v1/masks/load", json={"mask": "code", "pin": True})
+    assert r.status_code == 200 and r.json()["pinned"] is True
+    listing = client.get("/v1/masks").json()
+    assert [m["ref"] for m in listing["masks"]] == ["code@1"] and listing["masks"][0]["pinned"]
+    assert client.post("/v1/masks/unload", json={"mask": "code"}).json()["unloaded"] is True
+    assert client.get("/v1/masks").json()["masks"] == []
+    assert client.post("/v1/masks/load", json={"mask": "nope"}).status_code == 404
+    assert client.post("/v1/masks/load", json={"mask": "foreign"}).status_code == 409
+    assert client.post("/v1/masks/load", json={"pin": True}).status_code == 400
+
+
+def test_experiment_routing_is_sticky_logged_and_scored(server):
+    client, _, _ = server
+    spec = {"name": "mathab", "arms": [{"mask": "base", "weight": 1}, {"mask": "math:prod", "weight": 3}]}
+    assert client.post("/v1/experiments", json=spec).status_code == 200
+    arms = {}
+    for i in range(40):
+        r = complete(client, mask="ab:mathab", user=f"user{i}", prompt="x" * i)
+        assert r.status_code == 200
+        arms[f"user{i}"] = r.headers["x-mask-arm"]
+        assert r.json()["experiment"] == {"name": "mathab", "arm": r.headers["x-mask-arm"]}
+        assert (r.json()["mask"] is None) == (r.headers["x-mask-arm"] == "base")
+        score = 1.0 if r.headers["x-mask-arm"] == "math:prod" else 0.0
+        assert client.post("/v1/feedback", json={"id": r.json()["id"], "score": score + (i % 3) / 10}).status_code == 200
+    for user, arm in list(arms.items())[:10]:  # sticky per user
+        assert complete(client, mask="ab:mathab", user=user).headers["x-mask-arm"] == arm
+    assert 15 <= list(arms.values()).count("math:prod") <= 38  # weights 1:3, roughly
+    assert client.post("/v1/feedback", json={"id": "nope", "score": 1}).status_code == 404
+    assert client.post("/v1/feedback", json={"id": "x"}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "x", "arms": [{"mask": "base"}]},
+        {"name": "x", "arms": [{"mask": "base"}, {"mask": "base"}]},
+        {"name": "x", "arms": [{"mask": "base"}, {"mask": "math", "weight": 0}]},
+        {"name": "bad name", "arms": [{"mask": "base"}, {"mask": "math"}]},
+    ],
+)
+def test_bad_experiments_are_refused(server, spec):
+    client, _, _ = server
+    assert client.post("/v1/experiments", json=spec).status_code == 400
+
+
+def test_experiment_with_unknown_mask_is_refused(server):
+    client, _, _ = server
+    spec = {"name": "x", "arms": [{"mask": "base"}, {"mask": "nope"}]}
+    assert client.post("/v1/experiments", json=spec).status_code == 404
+
+
+def test_experiments_file(store, tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("experiments:\n  - name: fromfile\n    arms:\n      - {mask: base}\n      - {mask: code}\n")
+    app, _ = build(store.uri, BASE_A, tmp_path, experiments_file=str(path))
+    with TestClient(app) as client:
+        assert client.get("/v1/experiments/fromfile").json()["arms"][1]["mask"] == "code"
+        assert complete(client, mask="ab:fromfile", user="u").status_code == 200
+
+
+class TestAuth:
+    def test_api_key_guards_inference(self, store, tmp_path):
+        app, _ = build(store.uri, BASE_A, tmp_path, api_key="sk-in", admin_key="sk-admin")
+        with TestClient(app) as client:
+            assert complete(client).status_code == 401
+            assert client.post("/v1/completions", json={"model": BASE_NAME, "prompt": "x"},
+                               headers={"Authorization": "Bearer wrong"}).status_code == 401
+            ok = client.post("/v1/completions", json={"model": BASE_NAME, "prompt": "x"},
+                             headers={"Authorization": "Bearer sk-in"})
+            assert ok.status_code == 200
+            assert complete(client).json()["error"]["code"] == 401
+
+    def test_admin_key_guards_admin_routes(self, store, tmp_path):
+        app, _ = build(store.uri, BASE_A, tmp_path, api_key="sk-in", admin_key="sk-admin")
+        with TestClient(app) as client:
+            assert client.get("/v1/masks", headers={"Authorization": "Bearer sk-in"}).status_code == 401
+            assert client.get("/v1/masks", headers={"Authorization": "Bearer sk-admin"}).status_code == 200
+            assert client.get("/health").status_code in (200, 404)  # not guarded
+
+    def test_admin_routes_refused_off_loopback_without_key(self, store, tmp_path):
+        app, _ = build(store.uri, BASE_A, tmp_path, host="0.0.0.0")
+        with TestClient(app) as client:
+            r = client.get("/v1/masks")
+            assert r.status_code == 403 and "admin" in r.json()["error"]["message"]
+            assert complete(client).status_code == 200
+
+    def test_loopback_without_keys_is_open(self, server):
+        client, _, _ = server
+        assert client.get("/v1/masks").status_code == 200
