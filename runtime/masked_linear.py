@@ -3,7 +3,7 @@
 `MaskedLinear` wraps a frozen linear layer (a plain `nn.Linear`, or vLLM's fused parallel layers, which return
 `(output, bias)`). The rows each mask owns in the current forward pass live in one shared `BatchMasks`, set once per
 step from an index tensor (one mask slot per token, -1 for the base model), so the layers themselves hold no
-per-request state and a batch without masks costs one check per layer.
+per-request state, and a layer that no mask of the batch touches costs one check.
 
 D_m (see deltas.py) is sparse, so the correction costs about one multiply-add per removed weight per masked row.
 Non-goal: tensor parallelism above 1, where row-parallel layers would need their corrections all-reduced too.
@@ -18,20 +18,27 @@ from torch import nn
 
 @dataclass
 class BatchMasks:
-    """Which rows of the current forward pass belong to which mask; rows of the base model appear nowhere."""
+    """Which rows of the current forward pass belong to which mask; rows of the base model appear nowhere.
 
-    groups: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # (digest, rows (R,) int64)
+    `rows` lists every masked row, grouped by mask, so each group is one contiguous slice of it: the layers gather
+    the masked rows once and hand each mask a view, not a copy.
+    """
+
+    rows: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))  # (M,) all masked rows
+    groups: list[tuple[str, slice]] = field(default_factory=list)  # (digest, its slice of `rows`)
 
     def clear(self) -> None:
+        self.rows = torch.empty(0, dtype=torch.long)
         self.groups = []
 
     def set_slots(self, token_slots: np.ndarray, digests: list[str]) -> None:
         """token_slots: (T,) index into `digests` per token, -1 for the base model."""
-        self.groups = [
-            (digests[slot], torch.from_numpy(np.flatnonzero(token_slots == slot)))
-            for slot in np.unique(token_slots)
-            if slot >= 0
-        ]
+        order = np.argsort(token_slots, kind="stable")  # (T,) rows grouped by slot, base (-1) first
+        sorted_slots = token_slots[order]
+        first_masked = int(np.searchsorted(sorted_slots, 0))
+        self.rows = torch.from_numpy(order[first_masked:].astype(np.int64))
+        slots, starts, counts = np.unique(sorted_slots[first_masked:], return_index=True, return_counts=True)
+        self.groups = [(digests[s], slice(int(a), int(a + n))) for s, a, n in zip(slots, starts, counts)]
 
     def set_requests(self, request_digests: list[str | None], query_start_loc: np.ndarray) -> None:
         """One digest (or None) per request, whose tokens are rows query_start_loc[i]:query_start_loc[i+1]."""
@@ -51,18 +58,18 @@ class MaskedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor):
         out = self.base(x)
-        if not self.batch.groups:
+        active = [(self.deltas[digest], group) for digest, group in self.batch.groups if digest in self.deltas]
+        if not active:  # no mask in this batch touches this layer
             return out
         y = out[0] if self.returns_tuple else out
         x_rows = x.reshape(-1, x.shape[-1])  # (T, in)
         y_rows = y.view(-1, y.shape[-1])  # (T, out)
-        for digest, rows in self.batch.groups:
-            delta = self.deltas.get(digest)
-            if delta is None:
-                continue
-            xr = x_rows.index_select(0, rows).float()  # (R, in)
-            correction = torch.sparse.mm(delta, xr.t()).t()  # (R, out) = x_r D^T
-            y_rows.index_add_(0, rows, correction.to(y_rows.dtype), alpha=-1)
+        rows = self.batch.rows  # (M,) every masked row, grouped by mask
+        xm = x_rows.index_select(0, rows).float()  # (M, in)
+        correction = torch.zeros(len(rows), y_rows.shape[1])  # (M, out) fp32
+        for delta, group in active:
+            correction[group] = torch.sparse.mm(delta, xm[group].t()).t()  # (R, out) = x_r D^T
+        y_rows.index_copy_(0, rows, (y_rows.index_select(0, rows).float() - correction).to(y_rows.dtype))
         return out
 
 

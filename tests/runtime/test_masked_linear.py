@@ -80,7 +80,8 @@ def test_in_place_path_matches_and_restores_exactly(tiny_model, masks, oracle_lo
 def test_batch_masks_groups_rows_by_request():
     batch = BatchMasks()
     batch.set_requests(["b", None, "a", "b"], np.array([0, 2, 3, 7, 8]))
-    groups = {d: rows.tolist() for d, rows in batch.groups}
+    groups = {d: sorted(batch.rows[s].tolist()) for d, s in batch.groups}
     assert groups == {"a": [3, 4, 5, 6], "b": [0, 1, 7]}
+    assert sorted(batch.rows.tolist()) == [0, 1, 3, 4, 5, 6, 7]
     batch.set_requests([None, None], np.array([0, 1, 5]))
-    assert batch.groups == []
+    assert batch.groups == [] and len(batch.rows) == 0

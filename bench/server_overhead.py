@@ -1,0 +1,160 @@
+"""Server overhead: mask-serve with no mask vs plain vLLM's OpenAI server, and first-request TTFT of a cold mask.
+
+    python bench/server_overhead.py [--model DIR] [--concurrency 16] [--tokens 64] [--rounds 3] [--cold-masks 6]
+
+Both servers run the same model with the same engine options, one after the other on the same port range, and get
+the same load: --concurrency streams of --tokens tokens (ignore_eos), --rounds times; throughput is completion
+tokens / wall seconds, best round. Then, on mask-serve only: time to first token of a streaming request for the
+base model, for masks the server has never loaded (each mask's first request), and for the same masks again.
+Prompts carry a unique prefix so the prefix cache never answers for them.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(argv: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"server did not start, see {log}")
+        time.sleep(0.5)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=120)
+
+
+async def one(client: httpx.AsyncClient, url: str, body: dict) -> tuple[float | None, int]:
+    """Stream one completion; returns (seconds to first token, tokens)."""
+    started = time.perf_counter()
+    first, tokens = None, 0
+    async with client.stream("POST", f"{url}/v1/completions", json={**body, "stream": True}) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choices = json.loads(line[6:]).get("choices") or []
+            if choices and choices[0].get("text"):
+                first = first or time.perf_counter() - started
+                tokens += 1
+    return first, tokens
+
+
+async def throughput(url: str, model: str, concurrency: int, tokens: int, rounds: int) -> float:
+    best = 0.0
+    async with httpx.AsyncClient(timeout=600) as client:
+        for round_ in range(rounds + 1):  # round 0 warms up
+            bodies = [{"model": model, "prompt": f"[{round_}-{i}] Write a story about masks.", "max_tokens": tokens,
+                       "temperature": 0, "ignore_eos": True} for i in range(concurrency)]
+            started = time.perf_counter()
+            results = await asyncio.gather(*(one(client, url, b) for b in bodies))
+            elapsed = time.perf_counter() - started
+            if round_:
+                best = max(best, sum(n for _, n in results) / elapsed)
+    return best
+
+
+async def ttfts(url: str, model: str, masks: list[str | None], tag: str) -> list[float]:
+    out = []
+    async with httpx.AsyncClient(timeout=600) as client:
+        for i, mask in enumerate(masks):
+            body = {"model": model, "prompt": f"<{tag}-{i}-{time.time_ns()}> Hello there, how are you today?",
+                    "max_tokens": 4, "temperature": 0, **({"mask": mask} if mask else {})}
+            out.append((await one(client, url, body))[0])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model folder (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cold-masks", type=int, default=6)
+    parser.add_argument("--dtype", default="auto")
+    args = parser.parse_args()
+
+    from mask_store.default_model import default_model_dir
+    from mask_store.format import save_mask
+    from mask_store.store import Store
+    from runtime.requests import CPU_KV_CACHE_BYTES
+    from trainer.baselines import baseline_mask
+
+    model = Path(args.model) if args.model else default_model_dir()
+    work = Path(tempfile.mkdtemp(prefix="bench-server-"))
+    store = Store(work / "store")
+    for i in range(args.cold_masks):
+        save_mask(baseline_mask(model, "random", "20-23", "all", 0.1, seed=i), work / f"{i}.mask")
+        store.push(work / f"{i}.mask", f"task{i}")
+    name = model.name
+    engine = ["--model", str(model), "--served-model-name", name, "--dtype", args.dtype, "--max-model-len", "1024",
+              "--enforce-eager", "--enable-prefix-caching", "--max-num-seqs", str(args.concurrency)]
+    if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exists():
+        engine += ["--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)]
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    plain = start([sys.executable, "-m", "vllm.entrypoints.openai.api_server", *engine, "--host", "127.0.0.1",
+                   "--port", str(port)], work / "vllm.log")
+    try:
+        wait_ready(url, plain, work / "vllm.log")
+        plain_tps = asyncio.run(throughput(url, name, args.concurrency, args.tokens, args.rounds))
+    finally:
+        stop(plain)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    ours = start([sys.executable, "-m", "serve.cli", *engine, "--store", store.uri, "--port", str(port),
+                  "--ab-db", str(work / "ab.sqlite")], work / "mask-serve.log")
+    try:
+        wait_ready(url, ours, work / "mask-serve.log")
+        ours_tps = asyncio.run(throughput(url, name, args.concurrency, args.tokens, args.rounds))
+        base = asyncio.run(ttfts(url, name, [None] * args.cold_masks, "base"))
+        masks = [f"task{i}" for i in range(args.cold_masks)]
+        cold = asyncio.run(ttfts(url, name, masks, "cold"))
+        warm = asyncio.run(ttfts(url, name, masks, "warm"))
+    finally:
+        stop(ours)
+
+    med = statistics.median
+    print(f"\nmodel {name}, {args.concurrency} concurrent streams x {args.tokens} tokens, best of {args.rounds}")
+    print(f"{'server':<28} {'tok/s':>8} {'ratio':>7}")
+    print(f"{'plain vLLM':<28} {plain_tps:>8.1f} {1.0:>7.3f}")
+    print(f"{'mask-serve, no mask':<28} {ours_tps:>8.1f} {ours_tps / plain_tps:>7.3f}")
+    print(f"\nTTFT on mask-serve, median of {args.cold_masks} (ms)")
+    print(f"{'base':<28} {1e3 * med(base):>8.1f}")
+    print(f"{'mask, first request (cold)':<28} {1e3 * med(cold):>8.1f}  (+{1e3 * (med(cold) - med(base)):.1f} vs base)")
+    print(f"{'mask, loaded (warm)':<28} {1e3 * med(warm):>8.1f}  (+{1e3 * (med(warm) - med(base)):.1f} vs base)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+import torch
+
+from mask_store.cli import main
+from mask_store.format import load_mask
+from mask_store.identity import base_id
+from runtime.reference import load_model, materialize
+from tests.tiny import make_tiny_model
+
+from .helpers import make_mask
+
+
+def test_export_writes_the_materialized_checkpoint(tiny_model, tmp_path, capsys):
+    store = str(tmp_path / "store")
+    path = make_mask(tiny_model, tmp_path / "m.mask", 0.3, "1-2", "all", seed=3)
+    assert main(["--store", store, "push", str(path), "--name", "m"]) == 0
+    out = tmp_path / "exported"
+    assert main(["--store", store, "export", "m", "--model", str(tiny_model), "--materialize", str(out)]) == 0
+    assert "materialized" in capsys.readouterr().out
+    exported, _ = load_model(out)
+    expected, _ = load_model(tiny_model)
+    materialize(expected, load_mask(path))
+    ids = torch.arange(20)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(exported(ids).logits, expected(ids).logits, atol=0, rtol=0)
+    assert base_id(out) != base_id(tiny_model)
+    assert not (tmp_path / "exported.partial").exists()
+
+
+def test_export_refuses_another_base(tiny_model, tmp_path, capsys):
+    store = str(tmp_path / "store")
+    other = make_tiny_model(tmp_path / "other", seed=3)
+    main(["--store", store, "push", str(make_mask(other, tmp_path / "o.mask")), "--name", "o"])
+    capsys.readouterr()
+    assert main(["--store", store, "export", "o", "--model", str(tiny_model), "--materialize",
+                 str(tmp_path / "x")]) == 1
+    assert "trained on base" in capsys.readouterr().err and not (tmp_path / "x").exists()
