@@ -57,18 +57,22 @@ def build_deltas(
     parts: dict[str, list[tuple[np.ndarray, np.ndarray, torch.Tensor]]] = defaultdict(list)
     for name, tensor in mask.tensors.items():
         placement = place(name, tensor.shape)
-        held, rows, cols = placement.select(tensor.removed, tensor.shape[1])
+        held, rows, cols = placement.select(tensor.removed, tensor.shape)
         if len(held):
             parts[placement.module].append((rows, cols, reader.gather(name, held)))
     return {module: _csr(pieces, module_shapes[module]) for module, pieces in parts.items()}
 
 
 def _csr(pieces: list[tuple[np.ndarray, np.ndarray, torch.Tensor]], shape: tuple[int, int]) -> torch.Tensor:
+    # Each piece is row-major sorted and q/k/v (or gate/up) pieces fill disjoint row bands, so ordering the pieces
+    # by their first row sorts the whole; lexsort only if a layout ever breaks that.
+    pieces = sorted(pieces, key=lambda p: int(p[0][0]))
     rows = np.concatenate([p[0] for p in pieces])
     cols = np.concatenate([p[1] for p in pieces])
     values = torch.cat([p[2] for p in pieces])
-    order = np.lexsort((cols, rows))  # pieces from q, k and v arrive in their own row bands
-    rows, cols, values = rows[order], cols[order], values[torch.from_numpy(order)]
+    if len(pieces) > 1 and not (np.all(np.diff(rows) >= 0)):
+        order = np.lexsort((cols, rows))
+        rows, cols, values = rows[order], cols[order], values[torch.from_numpy(order)]
     crow = np.zeros(shape[0] + 1, dtype=np.int32)
     np.cumsum(np.bincount(rows, minlength=shape[0]), out=crow[1:])
     return torch.sparse_csr_tensor(

@@ -26,7 +26,7 @@ def mask_in_place(
     try:
         for name, tensor in mask.tensors.items():
             placement = place(name, tensor.shape)
-            _, rows, cols = placement.select(tensor.removed, tensor.shape[1])
+            _, rows, cols = placement.select(tensor.removed, tensor.shape)
             weight = weights[placement.module]
             flat = torch.from_numpy(rows * weight.shape[1] + cols)
             saved.append((weight, flat, weight.view(-1)[flat].clone()))

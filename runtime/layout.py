@@ -51,9 +51,11 @@ class Placement:
     col_stop: int
     dest_row: int
 
-    def select(self, removed: np.ndarray, n_cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def select(self, removed: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Of the HF tensor's removed flat positions, those this rank holds, and their (row, col) in the module."""
-        rows, cols = np.divmod(removed, n_cols)
+        rows, cols = np.divmod(removed, shape[1])
+        if (self.row_start, self.row_stop, self.col_start, self.col_stop) == (0, shape[0], 0, shape[1]):
+            return removed, rows + self.dest_row, cols  # the whole tensor (TP=1): nothing to filter
         held = (rows >= self.row_start) & (rows < self.row_stop) & (cols >= self.col_start) & (cols < self.col_stop)
         return removed[held], rows[held] - self.row_start + self.dest_row, cols[held] - self.col_start
 

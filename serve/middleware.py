@@ -134,7 +134,8 @@ class MaskMiddleware:
         except MaskError as e:
             metrics.REQUESTS.labels(mask="unresolved", status=str(e.status)).inc()  # never a client string
             return await _error(scope, receive, send, e.status, str(e))
-        new_body = json.dumps(self.rewrite(request, route)).encode()
+        rewritten = self.rewrite(request, route)
+        new_body = body if rewritten == request else json.dumps(rewritten).encode()
         outcome = Outcome()
         await self.app(_with_length(scope, len(new_body)), _replay(new_body, receive),
                        _annotate(send, route, outcome))
@@ -219,6 +220,7 @@ async def _send_raw(send: Send, outcome: Outcome) -> None:
 def _annotate(send: Send, route: Route, outcome: Outcome) -> Send:
     """Add the mask to the response: headers always; JSON bodies and every SSE chunk when the request succeeded."""
     extra = route.body_fields()
+    fields = json.dumps(extra)[1:-1].encode()  # '"mask": {...}', spliced into every streamed chunk
     state = {"start": None, "stream": False, "buffer": b""}
 
     async def annotated(message: Message) -> None:
@@ -244,7 +246,7 @@ def _annotate(send: Send, route: Route, outcome: Outcome) -> Send:
         elif state["stream"]:
             data = state["buffer"] + body
             *events, state["buffer"] = data.split(b"\n\n")
-            out = b"".join(_rewrite_event(e, extra, outcome) + b"\n\n" for e in events)
+            out = b"".join(_rewrite_event(e, fields, outcome) + b"\n\n" for e in events)
             if not more and state["buffer"]:
                 out += state["buffer"]
             await send({"type": "http.response.body", "body": out, "more_body": more})
@@ -265,25 +267,22 @@ def _annotate(send: Send, route: Route, outcome: Outcome) -> Send:
     return annotated
 
 
-def _rewrite_event(event: bytes, extra: dict, outcome: Outcome) -> bytes:
-    if not event.startswith(b"data: ") or event == b"data: [DONE]":
-        return event
+def _rewrite_event(event: bytes, fields: bytes, outcome: Outcome) -> bytes:
+    """Splice `fields` into an SSE `data: {...}` chunk as bytes (no re-serialization), noting tokens on the way."""
+    if not event.startswith(b"data: {"):
+        return event  # [DONE], comments, keep-alives
     try:
         chunk = json.loads(event[6:])
     except ValueError:
         return event
-    if not isinstance(chunk, dict):
-        return event
     outcome.response_id = outcome.response_id or chunk.get("id")
-    if "error" not in chunk:
-        for choice in chunk.get("choices") or []:
-            if choice.get("text") or (choice.get("delta") or {}).get("content"):
-                outcome.streamed_chunks += 1
-                outcome.first_token_at = outcome.first_token_at or time.perf_counter()
-        usage = chunk.get("usage")
-        if usage and usage.get("completion_tokens") is not None:
-            outcome.completion_tokens = usage["completion_tokens"]
-        elif outcome.streamed_chunks:
-            outcome.completion_tokens = outcome.streamed_chunks
-        chunk.update(extra)
-    return b"data: " + json.dumps(chunk).encode()
+    for choice in chunk.get("choices") or []:
+        if choice.get("text") or (choice.get("delta") or {}).get("content"):
+            outcome.streamed_chunks += 1
+            outcome.first_token_at = outcome.first_token_at or time.perf_counter()
+    usage = chunk.get("usage")
+    if usage and usage.get("completion_tokens") is not None:
+        outcome.completion_tokens = usage["completion_tokens"]
+    elif outcome.streamed_chunks:
+        outcome.completion_tokens = outcome.streamed_chunks
+    return b"data: {" + fields + (b", " if len(event) > 8 else b"") + event[7:]

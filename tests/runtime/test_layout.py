@@ -26,7 +26,7 @@ def shards(shape: ModelShape, tp: int, rng):
         for proj, w in hf.items():
             block = "self_attn" if proj in ("q", "k", "v", "o") else "mlp"
             p = vllm_placement(f"{PREFIX}{block}.{proj}_proj.weight", shape, rank, tp)
-            held, rows, cols = p.select(np.arange(w.size), w.shape[1])
+            held, rows, cols = p.select(np.arange(w.size), w.shape)
             m = modules.setdefault(p.module, {})
             for r, c, v in zip(rows, cols, w.ravel()[held]):
                 m[(r, c)] = v
@@ -82,6 +82,6 @@ def test_uneven_split_is_refused():
 
 def test_hf_placement_is_identity():
     p = hf_placement(f"{PREFIX}mlp.down_proj.weight", (4, 6))
-    held, rows, cols = p.select(np.array([0, 7, 23]), 6)
+    held, rows, cols = p.select(np.array([0, 7, 23]), (4, 6))
     assert p.module == f"{PREFIX}mlp.down_proj"
     assert held.tolist() == [0, 7, 23] and rows.tolist() == [0, 1, 3] and cols.tolist() == [0, 1, 5]
