@@ -8,7 +8,6 @@ Arguments are checked here, before any model is loaded; the library functions tr
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from mask_store.format import save_mask
 from mask_store.mask import Mask
 from mask_store.store import Store
 
-from .baselines import magnitude_mask, random_mask
+from .baselines import baseline_mask
 from .targets import TargetSpec, select_targets
 
 
@@ -46,7 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     mft.add_argument("--batch-size", type=int, default=8)
     mft.add_argument("--grad-accum", type=int, default=1)
     mft.add_argument("--seq-len", type=int, default=256, help="examples are truncated to this many tokens")
-    mft.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto")
+    mft.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay on the scores")
+    mft.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                     help="auto: bfloat16 on a GPU that supports it, else float32")
+    mft.add_argument("--eval-accuracy", action="store_true",
+                     help="require exact-match accuracy on --eval (every record needs an \"answer\"); "
+                          "without it, accuracy is reported whenever every eval record has one")
+    mft.add_argument("--max-new-tokens", type=int, default=32, help="greedy generation length for exact match")
+    mft.add_argument("--eval-batch-size", type=int, default=32, help="examples per batch when evaluating")
 
     out = parser.add_argument_group("output")
     out.add_argument("--out", required=True, help="where to write the .mask file")
@@ -65,7 +71,7 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         for flag, path in (("--data", args.data), ("--eval", args.eval)):
             if path and not Path(path).is_file():
                 parser.error(f"{flag} {path}: no such file")
-        for flag in ("steps", "batch_size", "grad_accum", "seq_len"):
+        for flag in ("steps", "batch_size", "grad_accum", "seq_len", "eval_batch_size", "max_new_tokens"):
             value = getattr(args, flag)
             if value is not None and value < 1:
                 parser.error(f"--{flag.replace('_', '-')} must be at least 1")
@@ -73,28 +79,24 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
             parser.error("--epochs must be positive")
         if not 0.0 <= args.warmup < 1.0:
             parser.error("--warmup is a fraction in [0, 1)")
+        if args.weight_decay < 0:
+            parser.error("--weight-decay must not be negative")
+        if args.eval_accuracy and not args.eval:
+            parser.error("--eval-accuracy needs --eval")
     if args.tag and not args.push:
         parser.error("--tag needs --push")
 
 
 def run(args: argparse.Namespace) -> Mask:
     model_dir = Path(args.model) if args.model else default_model_dir()
-    spec = TargetSpec.parse(args.layers, args.modules)
-    shapes = tensor_shapes(model_dir)
-    names = select_targets(spec, shapes)
-    training = {"method": args.method, "mask_ratio": args.mask_ratio, "seed": args.seed, **spec.describe(),
-                "model": model_dir.name}
-    started = time.perf_counter()
-    if args.method == "random":
-        tensors = random_mask({n: shapes[n] for n in names}, args.mask_ratio, args.seed)
-    elif args.method == "magnitude":
-        tensors = magnitude_mask(model_dir, names, args.mask_ratio)
-    else:
-        from .mft import train_from_args
+    if args.method != "mft":
+        return baseline_mask(model_dir, args.method, args.layers, args.modules, args.mask_ratio, args.seed)
+    from .mft import train_from_args
 
-        tensors, extra = train_from_args(args, model_dir, names)
-        training.update(extra)
-    training["seconds"] = round(time.perf_counter() - started, 2)
+    spec = TargetSpec.parse(args.layers, args.modules)
+    names = select_targets(spec, tensor_shapes(model_dir))
+    tensors, extra = train_from_args(args, model_dir, names)
+    training = {"method": "mft", **spec.describe(), "model": model_dir.name, **extra}
     return Mask(base_id(model_dir), tensors, training)
 
 

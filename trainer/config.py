@@ -1,0 +1,77 @@
+"""MFTConfig: every hyper-parameter of one Mask Fine-Tuning run, frozen, with its derived values.
+
+The CLI checks user input and builds this once (`from_args`); the training loop only reads it. `describe()` is what
+goes into the mask's `training` metadata, so a mask records how it was made. What to mask (layers, modules) is not
+here: it arrives as the resolved list of weight names.
+"""
+
+import argparse
+import math
+from dataclasses import asdict, dataclass
+
+from .scored_linear import INITS
+
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class MFTConfig:
+    mask_ratio: float = 0.1  # fraction of each masked matrix removed, in (0, 1)
+    init: str = "magnitude"  # first scores: "magnitude" (the L1 mask) or "random" (as the official code)
+    steps: int | None = None  # optimizer steps; None: derived from `epochs`
+    epochs: float | None = None  # passes over the training data when `steps` is None; None with no steps: 1
+    lr: float = 1e-2  # AdamW learning rate on the (unit-scale) scores
+    warmup: float = 0.1  # fraction of the steps with linear warm-up, then linear decay to 0
+    weight_decay: float = 0.0  # AdamW decay on scores (the official code uses 0; decay would shrink |scores|)
+    batch_size: int = 8  # examples per training micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step; the loss is averaged over all their tokens
+    seq_len: int = 256  # examples are cut to this many tokens
+    eval_batch_size: int = 32  # examples per forward pass when evaluating (generation gains from wide batches)
+    seed: int = 0  # random init of scores and data order
+    dtype: str = "auto"  # weights' dtype: auto = bfloat16 on a bf16-capable GPU, else float32
+    eval_accuracy: bool = False  # require exact-match accuracy (every eval record must carry an "answer")
+    max_new_tokens: int = 32  # greedy generation length for exact-match accuracy
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), not {self.mask_ratio}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, not {self.init!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, not {self.dtype!r}")
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give steps or epochs, not both")
+        for name in ("batch_size", "grad_accum", "seq_len", "eval_batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if (self.steps is not None and self.steps < 1) or (self.epochs is not None and self.epochs <= 0):
+            raise ValueError("steps and epochs must be positive")
+
+    @property
+    def examples_per_step(self) -> int:
+        return self.batch_size * self.grad_accum
+
+    def total_steps(self, n_examples: int) -> int:
+        """Optimizer steps for a training set of `n_examples`: `steps`, else ceil(epochs * n / examples per step)."""
+        if self.steps is not None:
+            return self.steps
+        epochs = 1.0 if self.epochs is None else self.epochs
+        return max(1, math.ceil(epochs * n_examples / self.examples_per_step))
+
+    def warmup_steps(self, n_examples: int) -> int:
+        return round(self.warmup * self.total_steps(n_examples))
+
+    def describe(self, n_examples: int) -> dict:
+        """Every hyper-parameter, with the resolved step count and epochs, for the mask's metadata."""
+        steps = self.total_steps(n_examples)
+        return {**asdict(self), "steps": steps, "epochs": round(steps * self.examples_per_step / n_examples, 4)}
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "MFTConfig":
+        return cls(
+            mask_ratio=args.mask_ratio, init=args.init, steps=args.steps, epochs=args.epochs, lr=args.lr,
+            warmup=args.warmup, weight_decay=args.weight_decay, batch_size=args.batch_size,
+            grad_accum=args.grad_accum, seq_len=args.seq_len, eval_batch_size=args.eval_batch_size, seed=args.seed,
+            dtype=args.dtype,
+            eval_accuracy=args.eval_accuracy, max_new_tokens=args.max_new_tokens,
+        )
