@@ -2,11 +2,12 @@
 
     python bench/server_overhead.py [--model DIR] [--concurrency 16] [--tokens 64] [--rounds 3] [--cold-masks 6]
 
-Both servers run the same model with the same engine options, one after the other on the same port range, and get
-the same load: --concurrency streams of --tokens tokens (ignore_eos), --rounds times; throughput is completion
-tokens / wall seconds, best round. Then, on mask-serve only: time to first token of a streaming request for the
-base model, for masks the server has never loaded (each mask's first request), and for the same masks again.
-Prompts carry a unique prefix so the prefix cache never answers for them.
+Both servers run the same model with the same engine options, side by side (the idle one waits), and get the same
+load in alternating rounds: --concurrency streams of --tokens tokens (ignore_eos), --rounds rounds each; throughput
+is completion tokens / wall seconds, median round. Alternating in one run keeps machine drift out of the ratio.
+Then, on mask-serve: time to first token of a streaming request for the base model, for masks the server has never
+loaded (each mask's first request), and for the same masks again. Prompts carry a unique prefix so the prefix cache
+never answers for them.
 """
 
 import argparse
@@ -69,18 +70,13 @@ async def one(client: httpx.AsyncClient, url: str, body: dict) -> tuple[float | 
     return first, tokens
 
 
-async def throughput(url: str, model: str, concurrency: int, tokens: int, rounds: int) -> float:
-    best = 0.0
+async def round_tps(url: str, model: str, concurrency: int, tokens: int, tag: str) -> float:
+    bodies = [{"model": model, "prompt": f"[{tag}-{i}] Write a story about masks.", "max_tokens": tokens,
+               "temperature": 0, "ignore_eos": True} for i in range(concurrency)]
     async with httpx.AsyncClient(timeout=600) as client:
-        for round_ in range(rounds + 1):  # round 0 warms up
-            bodies = [{"model": model, "prompt": f"[{round_}-{i}] Write a story about masks.", "max_tokens": tokens,
-                       "temperature": 0, "ignore_eos": True} for i in range(concurrency)]
-            started = time.perf_counter()
-            results = await asyncio.gather(*(one(client, url, b) for b in bodies))
-            elapsed = time.perf_counter() - started
-            if round_:
-                best = max(best, sum(n for _, n in results) / elapsed)
-    return best
+        started = time.perf_counter()
+        results = await asyncio.gather(*(one(client, url, b) for b in bodies))
+        return sum(n for _, n in results) / (time.perf_counter() - started)
 
 
 async def ttfts(url: str, model: str, masks: list[str | None], tag: str) -> list[float]:
@@ -98,7 +94,7 @@ def main() -> None:
     parser.add_argument("--model", help="model folder (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--cold-masks", type=int, default=6)
     parser.add_argument("--dtype", default="auto")
     args = parser.parse_args()
@@ -121,32 +117,34 @@ def main() -> None:
     if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exists():
         engine += ["--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)]
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    plain = start([sys.executable, "-m", "vllm.entrypoints.openai.api_server", *engine, "--host", "127.0.0.1",
-                   "--port", str(port)], work / "vllm.log")
+    servers = {}
     try:
-        wait_ready(url, plain, work / "vllm.log")
-        plain_tps = asyncio.run(throughput(url, name, args.concurrency, args.tokens, args.rounds))
-    finally:
-        stop(plain)
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    ours = start([sys.executable, "-m", "serve.cli", *engine, "--store", store.uri, "--port", str(port),
-                  "--ab-db", str(work / "ab.sqlite")], work / "mask-serve.log")
-    try:
-        wait_ready(url, ours, work / "mask-serve.log")
-        ours_tps = asyncio.run(throughput(url, name, args.concurrency, args.tokens, args.rounds))
+        for label, argv in (("plain", [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *engine,
+                                       "--host", "127.0.0.1"]),
+                            ("ours", [sys.executable, "-m", "serve.cli", *engine, "--store", store.uri,
+                                      "--ab-db", str(work / "ab.sqlite")])):
+            port = free_port()
+            servers[label] = (f"http://127.0.0.1:{port}", start([*argv, "--port", str(port)], work / f"{label}.log"))
+            wait_ready(servers[label][0], servers[label][1], work / f"{label}.log")  # one at a time: less contention
+        runs = {"plain": [], "ours": []}
+        for round_ in range(args.rounds + 1):  # round 0 warms both up
+            for label in (("plain", "ours") if round_ % 2 else ("ours", "plain")):
+                tps = asyncio.run(round_tps(servers[label][0], name, args.concurrency, args.tokens, f"{round_}"))
+                if round_:
+                    runs[label].append(tps)
+        url = servers["ours"][0]
         base = asyncio.run(ttfts(url, name, [None] * args.cold_masks, "base"))
         masks = [f"task{i}" for i in range(args.cold_masks)]
         cold = asyncio.run(ttfts(url, name, masks, "cold"))
         warm = asyncio.run(ttfts(url, name, masks, "warm"))
     finally:
-        stop(ours)
+        for _, proc in servers.values():
+            stop(proc)
 
     med = statistics.median
-    print(f"\nmodel {name}, {args.concurrency} concurrent streams x {args.tokens} tokens, best of {args.rounds}")
+    plain_tps, ours_tps = med(runs["plain"]), med(runs["ours"])
+    print(f"\nmodel {name}, {args.concurrency} concurrent streams x {args.tokens} tokens, "
+          f"median of {args.rounds} alternating rounds")
     print(f"{'server':<28} {'tok/s':>8} {'ratio':>7}")
     print(f"{'plain vLLM':<28} {plain_tps:>8.1f} {1.0:>7.3f}")
     print(f"{'mask-serve, no mask':<28} {ours_tps:>8.1f} {ours_tps / plain_tps:>7.3f}")

@@ -37,6 +37,7 @@ class Route:
     model_was_mask: bool = False
     experiment: str | None = None
     arm: str | None = None
+    drop_usage_chunk: bool = False  # we asked vLLM for a usage chunk the client did not ask for
 
     @property
     def label(self) -> str:
@@ -57,7 +58,6 @@ class Outcome:
     response_id: str | None = None
     completion_tokens: int | None = None
     first_token_at: float | None = None
-    streamed_chunks: int = 0
     start: Message | None = None  # captured responses only
     chunks: list[bytes] = field(default_factory=list)
 
@@ -116,6 +116,11 @@ class MaskMiddleware:
             out["vllm_xargs"] = {**(xargs if isinstance(xargs, dict) else {}), **route.served.extra_args}
             salt = out.get("cache_salt")
             out["cache_salt"] = f"{route.served.cache_salt}:{salt}" if isinstance(salt, str) else route.served.cache_salt
+        options = out.get("stream_options")
+        if out.get("stream") is True and (options is None or isinstance(options, dict)):
+            if not (options or {}).get("include_usage"):  # exact token counts for metrics and the A/B log
+                out["stream_options"] = {**(options or {}), "include_usage": True}
+                route.drop_usage_chunk = True
         return out
 
     async def _inference(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -246,7 +251,8 @@ def _annotate(send: Send, route: Route, outcome: Outcome) -> Send:
         elif state["stream"]:
             data = state["buffer"] + body
             *events, state["buffer"] = data.split(b"\n\n")
-            out = b"".join(_rewrite_event(e, fields, outcome) + b"\n\n" for e in events)
+            rewritten = (_rewrite_event(e, fields, outcome, route.drop_usage_chunk) for e in events)
+            out = b"".join(e + b"\n\n" for e in rewritten if e is not None)
             if not more and state["buffer"]:
                 out += state["buffer"]
             await send({"type": "http.response.body", "body": out, "more_body": more})
@@ -267,22 +273,24 @@ def _annotate(send: Send, route: Route, outcome: Outcome) -> Send:
     return annotated
 
 
-def _rewrite_event(event: bytes, fields: bytes, outcome: Outcome) -> bytes:
-    """Splice `fields` into an SSE `data: {...}` chunk as bytes (no re-serialization), noting tokens on the way."""
+def _rewrite_event(event: bytes, fields: bytes, outcome: Outcome, drop_usage_chunk: bool) -> bytes | None:
+    """Splice `fields` into an SSE `data: {...}` chunk as bytes (no re-serialization). Chunks are parsed only until
+    the first token (for TTFT) and for the usage chunk, which is dropped when only we asked for it."""
     if not event.startswith(b"data: {"):
         return event  # [DONE], comments, keep-alives
-    try:
-        chunk = json.loads(event[6:])
-    except ValueError:
-        return event
-    outcome.response_id = outcome.response_id or chunk.get("id")
-    for choice in chunk.get("choices") or []:
-        if choice.get("text") or (choice.get("delta") or {}).get("content"):
-            outcome.streamed_chunks += 1
-            outcome.first_token_at = outcome.first_token_at or time.perf_counter()
-    usage = chunk.get("usage")
-    if usage and usage.get("completion_tokens") is not None:
-        outcome.completion_tokens = usage["completion_tokens"]
-    elif outcome.streamed_chunks:
-        outcome.completion_tokens = outcome.streamed_chunks
+    if outcome.first_token_at is None or b'"completion_tokens"' in event:
+        try:
+            chunk = json.loads(event[6:])
+        except ValueError:
+            return event
+        outcome.response_id = outcome.response_id or chunk.get("id")
+        choices = chunk.get("choices") or []
+        if outcome.first_token_at is None and any(c.get("text") or (c.get("delta") or {}).get("content")
+                                                  for c in choices):
+            outcome.first_token_at = time.perf_counter()
+        usage = chunk.get("usage")
+        if usage and usage.get("completion_tokens") is not None:
+            outcome.completion_tokens = usage["completion_tokens"]
+            if drop_usage_chunk and not choices:
+                return None
     return b"data: {" + fields + (b", " if len(event) > 8 else b"") + event[7:]

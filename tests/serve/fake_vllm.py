@@ -78,10 +78,13 @@ def _not_found(model):
 
 
 async def _stream(body: dict, kind: str):
-    for i, piece in enumerate(["Hel", "lo", ""]):
-        chunk = {"id": "stream-1", "object": kind + ".chunk", "choices": [{"index": 0, "text": piece}]}
-        if i == 2 and (body.get("stream_options") or {}).get("include_usage"):
-            chunk["usage"] = {"completion_tokens": 2}
+    usage = (body.get("stream_options") or {}).get("include_usage")
+    chunks = [{"id": "stream-1", "object": kind + ".chunk", "choices": [{"index": 0, "text": piece}]}
+              for piece in ["Hel", "lo", ""]]
+    if usage:  # as OpenAI and vLLM do: a last chunk with no choices and the usage
+        chunks.append({"id": "stream-1", "object": kind + ".chunk", "choices": [],
+                       "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
+    for chunk in chunks:
         # Split one event across two sends: the middleware must reassemble it.
         data = f"data: {json.dumps(chunk)}\n\n".encode()
         yield data[:10]

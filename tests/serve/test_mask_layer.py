@@ -114,16 +114,37 @@ def test_malformed_json_is_400(server):
         assert r.status_code == 400 and "error" in r.json()
 
 
-def test_streaming_chunks_carry_the_mask(server):
-    client, _, store = server
+def _stream(client, **body):
     with client.stream("POST", "/v1/completions",
-                       json={"model": BASE_NAME, "prompt": "hi", "stream": True, "mask": "code"}) as r:
-        assert r.headers["x-mask"] == "code@1"
+                       json={"model": BASE_NAME, "prompt": "hi", "stream": True, **body}) as r:
         events = [e for e in r.read().decode().split("\n\n") if e]
     assert events[-1] == "data: [DONE]"
-    chunks = [json.loads(e[6:]) for e in events[:-1]]
+    return r, [json.loads(e[6:]) for e in events[:-1]]
+
+
+def test_streaming_chunks_carry_the_mask(server):
+    client, _, store = server
+    r, chunks = _stream(client, mask="code")
+    assert r.headers["x-mask"] == "code@1"
     assert len(chunks) == 3 and all(c["mask"]["digest"] == store.resolve("code").digest for c in chunks)
     assert "".join(c["choices"][0]["text"] for c in chunks) == "Hello"
+
+
+def test_streamed_tokens_are_counted_exactly(server):
+    """We ask vLLM for the usage chunk to count tokens, and hide it unless the client asked for it too."""
+    from prometheus_client import REGISTRY
+
+    client, _, _ = server
+
+    def tokens():
+        return REGISTRY.get_sample_value("maskserve_generated_tokens_total", {"mask": "code@1"}) or 0
+
+    before = tokens()
+    _, chunks = _stream(client, mask="code")
+    assert all(c["choices"] for c in chunks) and tokens() == before + 2
+    _, chunks = _stream(client, mask="code", stream_options={"include_usage": True})
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 2
+    assert tokens() == before + 4
 
 
 def test_models_lists_base_and_compatible_masks(server):
