@@ -46,6 +46,12 @@ class ModelError(MaskError):
     """A model folder without usable weights, or a target that does not exist in it."""
 
 
+class BankFull(MaskError):
+    """The mask memory budget is held by pinned masks or masks that running requests use."""
+
+    status = 507
+
+
 def rebuild(kind: str, message: str) -> MaskError:
     """An error reported across a process boundary as (class name, message), raised again as its own class."""
     classes = {cls.__name__: cls for cls in _all_subclasses(MaskError)}

@@ -14,16 +14,12 @@ from pathlib import Path
 
 import torch
 
-from mask_store.errors import BaseMismatch, MaskError
+from mask_store.errors import BankFull, BaseMismatch
 from mask_store.format import read_mask_file
 from mask_store.mask import Mask
 
 from .deltas import csr_nbytes
 from .masked_linear import MaskedLinear
-
-
-class BankFull(MaskError):
-    status = 507
 
 
 @dataclass
@@ -59,8 +55,14 @@ class MaskBank:
     def nbytes(self) -> int:
         return sum(m.nbytes for m in self.loaded.values())
 
-    def load(self, path: str | Path, pin: bool = False, in_use: Iterable[str] = ()) -> LoadedMask:
-        """Load the mask file at `path` (a no-op if its digest is loaded; `pin` can only be added)."""
+    def load(
+        self, path: str | Path, pin: bool = False, in_use: Iterable[str] = (), over_budget: bool = False
+    ) -> LoadedMask:
+        """Load the mask file at `path` (a no-op if its digest is loaded; `pin` can only be added).
+
+        `over_budget`: when no room can be made, load anyway instead of raising BankFull. For a request the engine
+        has already scheduled: refusing there could only take the engine down; the next load makes room again.
+        """
         started = time.perf_counter()
         mask_file = read_mask_file(path)
         digest = mask_file.digest
@@ -72,7 +74,7 @@ class MaskBank:
             raise BaseMismatch(f"mask {digest[:12]}", mask_file.header.base_id, self.base_id)
         deltas = self.build(mask_file.decode())
         nbytes = sum(csr_nbytes(d) for d in deltas.values())
-        self._make_room(nbytes, set(in_use))
+        self._make_room(nbytes, set(in_use), over_budget)
         for module, delta in deltas.items():
             self.layers[module].deltas[digest] = delta
         entry = LoadedMask(digest, nbytes, 1e3 * (time.perf_counter() - started), pin, tuple(deltas))
@@ -92,8 +94,8 @@ class MaskBank:
             if digest in self.loaded:
                 self.loaded.move_to_end(digest)
 
-    def _make_room(self, nbytes: int, in_use: set[str]) -> None:
-        if nbytes > self.budget_bytes:
+    def _make_room(self, nbytes: int, in_use: set[str], over_budget: bool) -> None:
+        if nbytes > self.budget_bytes and not over_budget:
             raise BankFull(f"mask needs {nbytes:,} bytes, more than the mask memory budget {self.budget_bytes:,}")
         for digest in list(self.loaded):
             if self.nbytes + nbytes <= self.budget_bytes:
@@ -101,7 +103,7 @@ class MaskBank:
             entry = self.loaded[digest]
             if not entry.pinned and digest not in in_use:
                 self.unload(digest)
-        if self.nbytes + nbytes > self.budget_bytes:
+        if self.nbytes + nbytes > self.budget_bytes and not over_budget:
             raise BankFull(
                 f"mask needs {nbytes:,} bytes; {self.nbytes:,} of {self.budget_bytes:,} are pinned or in use"
             )

@@ -18,7 +18,7 @@ from mask_store.default_model import default_model_dir
 from mask_store.identity import base_id
 from mask_store.store import Store
 
-from .requests import ServedMask, default_engine_args, first_result, resolve
+from .requests import ServedMask, default_engine_args, first_result, new_mask_key, resolve
 
 
 class Engine:
@@ -28,8 +28,9 @@ class Engine:
         self.base_id = base_id(self.model_dir)
         self.store = store if isinstance(store, Store) else Store(store)
         self.llm = LLM(**default_engine_args(model=str(self.model_dir), **engine_args))
+        self._key = new_mask_key()
         first_result(self.llm.collective_rpc("maskserve_setup", args=(str(self.model_dir), self.base_id,
-                                                                      mask_memory_bytes)))
+                                                                      mask_memory_bytes, self._key)))
         self._served: dict[str, ServedMask] = {}
 
     def load(self, ref: str, pin: bool = False) -> ServedMask:
@@ -58,7 +59,7 @@ class Engine:
             request_params = params.clone()
             if ref is not None:
                 item["cache_salt"] = loaded[ref].cache_salt
-                request_params.extra_args = {**(params.extra_args or {}), **loaded[ref].extra_args}
+                request_params.extra_args = {**(params.extra_args or {}), **loaded[ref].extra_args(self._key)}
             inputs.append(item)
             per_request.append(request_params)
         return inputs, per_request

@@ -24,11 +24,12 @@ class BatchMasks:
     the masked rows once and hand each mask a view, not a copy.
     """
 
+    device: torch.device = torch.device("cpu")  # the model's
     rows: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))  # (M,) all masked rows
     groups: list[tuple[str, slice]] = field(default_factory=list)  # (digest, its slice of `rows`)
 
     def clear(self) -> None:
-        self.rows = torch.empty(0, dtype=torch.long)
+        self.rows = torch.empty(0, dtype=torch.long, device=self.device)
         self.groups = []
 
     def set_slots(self, token_slots: np.ndarray, digests: list[str]) -> None:
@@ -36,7 +37,7 @@ class BatchMasks:
         order = np.argsort(token_slots, kind="stable")  # (T,) rows grouped by slot, base (-1) first
         sorted_slots = token_slots[order]
         first_masked = int(np.searchsorted(sorted_slots, 0))
-        self.rows = torch.from_numpy(order[first_masked:].astype(np.int64))
+        self.rows = torch.from_numpy(order[first_masked:].astype(np.int64)).to(self.device)
         slots, starts, counts = np.unique(sorted_slots[first_masked:], return_index=True, return_counts=True)
         self.groups = [(digests[s], slice(int(a), int(a + n))) for s, a, n in zip(slots, starts, counts)]
 
@@ -54,7 +55,7 @@ class MaskedLinear(nn.Module):
         self.base = base
         self.batch = batch
         self.returns_tuple = returns_tuple
-        self.deltas: dict[str, torch.Tensor] = {}  # digest -> D, CSR (out, in), fp32
+        self.deltas: dict[str, torch.Tensor] = {}  # digest -> D, CSR (out, in), fp32, on the batch's device
 
     def forward(self, x: torch.Tensor):
         out = self.base(x)
@@ -66,7 +67,7 @@ class MaskedLinear(nn.Module):
         y_rows = y.view(-1, y.shape[-1])  # (T, out)
         rows = self.batch.rows  # (M,) every masked row, grouped by mask
         xm = x_rows.index_select(0, rows).float()  # (M, in)
-        correction = torch.zeros(len(rows), y_rows.shape[1])  # (M, out) fp32
+        correction = torch.zeros(len(rows), y_rows.shape[1], device=y_rows.device)  # (M, out) fp32
         for delta, group in active:
             correction[group] = torch.sparse.mm(delta, xm[group].t()).t()  # (R, out) = x_r D^T
         y_rows.index_copy_(0, rows, (y_rows.index_select(0, rows).float() - correction).to(y_rows.dtype))

@@ -1,12 +1,15 @@
 """From a user's mask REF to what a vLLM request carries, shared by the Python engine and the HTTP server.
 
     REF --store--> version record --base id check--> ServedMask(digest, local path)
-        --> SamplingParams.extra_args = {"mask": digest, "mask_path": path}, cache_salt = digest
+        --> SamplingParams.extra_args = {"mask": digest, "mask_path": path, "mask_key": key}, cache_salt = digest
 
 The cache salt keeps the prefix cache from sharing KV blocks between masks (or with the base); the path lets a
-worker reload a mask it evicted.
+worker reload a mask it evicted. The key is a secret the API side hands its workers at setup: workers apply a mask
+only to requests that carry it, so nothing a client puts in `vllm_xargs`, on any of vLLM's routes, can make a worker
+apply a mask or read a file.
 """
 
+import secrets
 from dataclasses import dataclass
 
 from mask_store.errors import BaseMismatch, rebuild
@@ -18,6 +21,11 @@ ENGINE_DEFAULTS = {
     "enable_prefix_caching": True,
 }
 CPU_KV_CACHE_BYTES = 1 << 30  # vLLM reserves KV cache in RAM on CPU; 1 GiB is plenty for small models
+MASK_XARGS = ("mask", "mask_path", "mask_key")  # the extra_args keys only maskserve itself may set
+
+
+def new_mask_key() -> str:
+    return secrets.token_hex(16)
 
 
 @dataclass(frozen=True)
@@ -27,9 +35,8 @@ class ServedMask:
     digest: str
     path: str
 
-    @property
-    def extra_args(self) -> dict:
-        return {"mask": self.digest, "mask_path": self.path}
+    def extra_args(self, key: str) -> dict:
+        return {"mask": self.digest, "mask_path": self.path, "mask_key": key}
 
     @property
     def cache_salt(self) -> str:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mask_store.errors import MaskError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     id TEXT, experiment TEXT NOT NULL, arm TEXT NOT NULL, mask TEXT NOT NULL, status INTEGER NOT NULL,
@@ -29,11 +31,17 @@ CREATE TABLE IF NOT EXISTS experiments (name TEXT PRIMARY KEY, definition TEXT N
 
 
 class ABLog:
-    def __init__(self, path: str | Path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(_SCHEMA)
+    def __init__(self, path: str | Path, create: bool = True):
+        """`create=False` for readers: a mistyped path is an error, not a new empty log."""
+        if not create and not Path(path).is_file():
+            raise MaskError(f"no A/B log at {path}")
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            raise MaskError(f"cannot open the A/B log {path}: {e}") from e
 
     def record(self, response_id: str | None, experiment: str, arm: str, mask: str, status: int,
                latency_s: float, ttft_s: float | None, completion_tokens: int | None) -> None:

@@ -1,5 +1,10 @@
-"""Keys: inference needs the API key when one is set; admin routes need the admin key, or, with none set, a server
-bound to loopback. Failures answer in the OpenAI error schema. The admin key also opens inference routes."""
+"""Keys: every route but a few public ones needs the API key when one is set; admin routes need the admin key, or,
+with none set, a server bound to loopback. Failures answer in the OpenAI error schema. The admin key also opens
+inference routes.
+
+An allowlist, not vLLM's guarded prefixes (`/v1`, `/v2`, `/inference`, `/cohere` in vLLM 0.32's
+entrypoints/serve/middleware/authenticate.py): those leave `/invocations`, `/classify`, `/score` and others open.
+"""
 
 import hashlib
 import secrets
@@ -11,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .protocol import error_body
 
 ADMIN_PREFIXES = ("/v1/masks", "/v1/experiments")
-GUARDED_PREFIXES = ("/v1", "/v2", "/inference", "/tokenize", "/detokenize")
+PUBLIC_PATHS = ("/health", "/ping", "/version", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -45,7 +50,7 @@ class AuthMiddleware:
                                    "admin routes are disabled: start mask-serve with --admin-key or bind to loopback")
             if self.admin_key is not None and not self._matches(token, self.admin_key):
                 return await _deny(scope, receive, send, 401, "admin routes need 'Authorization: Bearer ADMIN_KEY'")
-        elif path.startswith(GUARDED_PREFIXES) and self.api_key is not None:
+        elif self.api_key is not None and path not in PUBLIC_PATHS:
             if not (self._matches(token, self.api_key) or self._matches(token, self.admin_key)):
                 return await _deny(scope, receive, send, 401, "missing or wrong API key (Authorization: Bearer KEY)")
         await self.app(scope, receive, send)

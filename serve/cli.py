@@ -37,7 +37,11 @@ def report_main(argv: Sequence[str]) -> int:
     parser.add_argument("--db", default=default_ab_db(), help="the server's A/B log (default: %(default)s)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    data = report(ABLog(args.db), args.name)
+    try:
+        data = report(ABLog(args.db, create=False), args.name)
+    except MaskError as e:
+        print(f"mask-serve: error: {e}", file=sys.stderr)
+        return 1
     if not data["arms"]:
         print(f"mask-serve: error: no requests or definition for experiment {args.name!r} in {args.db}",
               file=sys.stderr)
@@ -76,17 +80,19 @@ def serve_main(argv: Sequence[str]) -> int:
     from mask_store.paths import default_store_uri
     from runtime.requests import default_engine_args
 
+    from .ablog import ABLog
     from .app import MaskServeConfig, run
+    from .experiments import Experiments
 
     cli_env_setup()
     parser = build_parser()
     explicit_model = any(a == "--model" or a.startswith("--model=") for a in argv)
     args = parser.parse_args(list(argv))
-    if args.model_tag:
-        args.model = args.model_tag
-    elif not explicit_model:
-        args.model = str(default_model_dir())
     try:
+        if args.model_tag:
+            args.model = args.model_tag
+        elif not explicit_model:
+            args.model = str(default_model_dir())
         config = MaskServeConfig(
             model_dir=args.model,
             base_id=base_id(args.model),
@@ -98,6 +104,10 @@ def serve_main(argv: Sequence[str]) -> int:
             mask_memory_bytes=args.mask_memory,
             resolve_ttl_s=args.resolve_ttl,
         )
+        # Files the server reads after the engine starts (a minute on CPU): check them before.
+        if config.experiments_file:
+            Experiments().load_file(config.experiments_file)
+        ABLog(config.ab_db).db.close()
     except MaskError as e:
         print(f"mask-serve: error: {e}", file=sys.stderr)
         return 1

@@ -74,11 +74,18 @@ class Experiments:
 
     def load_file(self, path: str | Path) -> None:
         """YAML or JSON: {experiments: [{name, arms: [{mask, weight, name?}, ...]}, ...]}."""
-        text = Path(path).read_text()
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise MaskError(f"cannot read the experiments file {path}: {e.strerror}") from e
         try:
             raw = yaml.safe_load(text) if Path(path).suffix in (".yaml", ".yml") else json.loads(text)
             parsed = ExperimentsFile.model_validate(raw)
-        except (ValueError, yaml.YAMLError, ValidationError) as e:
-            raise MaskError(f"{path}: not a valid experiments file ({e})") from e
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            raise MaskError(f"{path}: not a valid experiments file ({problems})") from e
+        except (ValueError, yaml.YAMLError) as e:
+            reason = " ".join(str(e).split())  # YAML errors span lines
+            raise MaskError(f"{path}: not a valid experiments file ({reason})") from e
         for spec in parsed.experiments:
             self.add(spec)

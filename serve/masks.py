@@ -10,7 +10,7 @@ import asyncio
 import time
 
 from mask_store.store import Store
-from runtime.requests import ServedMask, first_result, resolve
+from runtime.requests import ServedMask, first_result, new_mask_key, resolve
 
 from . import metrics
 
@@ -27,12 +27,13 @@ class MaskService:
         self._resolved: dict[str, tuple[float, ServedMask]] = {}
         self._loaded: set[str] = set()
         self._loading: dict[str, asyncio.Task] = {}
+        self.key = new_mask_key()  # requests carry it in extra_args; see runtime/requests.py
 
     async def _rpc(self, method: str, *args) -> dict:
         return first_result(await self.engine.collective_rpc(method, args=args))
 
     async def setup(self, budget_bytes: int) -> None:
-        await self._rpc("maskserve_setup", self.model_dir, self.base_id, budget_bytes)
+        await self._rpc("maskserve_setup", self.model_dir, self.base_id, budget_bytes, self.key)
 
     def resolve(self, ref: str) -> ServedMask:
         now = time.monotonic()
@@ -45,7 +46,9 @@ class MaskService:
 
     async def ensure_loaded(self, served: ServedMask, pin: bool = False) -> dict | None:
         """Load into every worker unless already there; returns the load report when this call loaded it."""
-        if served.digest in self._loaded and not pin:
+        if pin:  # never join an unpinned load in flight: the pin would be lost
+            return await self._load(served, pin=True)
+        if served.digest in self._loaded:
             return None
         task = self._loading.get(served.digest)
         if task is None:
@@ -58,6 +61,7 @@ class MaskService:
         started = time.perf_counter()
         report = await self._rpc("maskserve_load", served.path, pin)
         metrics.MASK_LOAD_SECONDS.observe(time.perf_counter() - started)
+        self._loaded.difference_update(report.get("evicted", ()))
         self._loaded.add(served.digest)
         metrics.MASKS_LOADED.set(len(self._loaded))
         return report

@@ -6,8 +6,9 @@ resolves it through the store, makes sure the workers hold it, and hands vLLM an
 as it always does. On the way back it marks the response with the mask that served it (`x-mask` header, `mask`
 object in the JSON body or in every streamed chunk), and counts it in the metrics and, for experiments, the A/B log.
 
-GET /v1/models gets the masks this base can serve appended to vLLM's list. User-supplied `vllm_xargs` keys `mask`
-and `mask_path` are always dropped: only the store decides which file a worker loads.
+GET /v1/models gets the masks this base can serve appended to vLLM's list. User-supplied `vllm_xargs` keys `mask`,
+`mask_path` and `mask_key` are dropped here; on vLLM's other routes, which pass `vllm_xargs` through untouched,
+workers ignore them without the server's key (runtime/requests.py).
 """
 
 import json
@@ -19,7 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mask_store.errors import InvalidRef, MaskError, NotFound
-from runtime.requests import ServedMask
+from runtime.requests import MASK_XARGS, ServedMask
 
 from . import metrics
 from .ablog import ABLog
@@ -28,7 +29,6 @@ from .masks import MaskService
 from .protocol import error_body
 
 INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions")
-_RESERVED_XARGS = ("mask", "mask_path")
 
 
 @dataclass
@@ -111,9 +111,9 @@ class MaskMiddleware:
             out["model"] = self.service.served_name
         xargs = out.get("vllm_xargs")
         if isinstance(xargs, dict):
-            out["vllm_xargs"] = xargs = {k: v for k, v in xargs.items() if k not in _RESERVED_XARGS} or None
+            out["vllm_xargs"] = xargs = {k: v for k, v in xargs.items() if k not in MASK_XARGS} or None
         if route.served is not None:
-            out["vllm_xargs"] = {**(xargs if isinstance(xargs, dict) else {}), **route.served.extra_args}
+            out["vllm_xargs"] = {**(xargs if isinstance(xargs, dict) else {}), **route.served.extra_args(self.service.key)}
             salt = out.get("cache_salt")
             out["cache_salt"] = f"{route.served.cache_salt}:{salt}" if isinstance(salt, str) else route.served.cache_salt
         options = out.get("stream_options")

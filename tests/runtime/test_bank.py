@@ -1,7 +1,6 @@
 import pytest
 
-from mask_store.errors import BaseMismatch
-from runtime.bank import BankFull
+from mask_store.errors import BankFull, BaseMismatch
 from runtime.reference import HFMaskedModel
 from tests.tiny import make_tiny_model
 
@@ -38,6 +37,17 @@ def test_pinned_and_in_use_masks_are_not_evicted(tiny_model, paths):
     with pytest.raises(BankFull, match="pinned or in use"):
         bank.load(paths[2], in_use=[b])
     c = bank.load(paths[2]).digest
+    assert set(bank.loaded) == {a, c}
+
+
+def test_a_scheduled_request_reloads_its_mask_over_budget(tiny_model, paths):
+    # The worker's forward-time reload: refusing there would take the engine down.
+    size = _bank(tiny_model, 1 << 30).load(paths[0]).nbytes
+    bank = _bank(tiny_model, size + size // 2)
+    a = bank.load(paths[0], pin=True).digest
+    b = bank.load(paths[1], over_budget=True).digest
+    assert set(bank.loaded) == {a, b} and bank.nbytes > bank.budget_bytes
+    c = bank.load(paths[2], over_budget=True).digest  # b is evictable, so room is still made first
     assert set(bank.loaded) == {a, c}
 
 

@@ -108,6 +108,20 @@ def test_prefix_cache_never_shares_kv_between_masks(setup, oracles):
     assert len({tuple(v) for v in outputs.values()}) == 3  # the masks really do disagree here
 
 
+def test_requests_without_the_setup_key_get_the_base_model(setup):
+    """What vLLM's other routes pass through from a client's vllm_xargs: never applied, never a crash."""
+    engine, _ = setup
+    digest = engine.load("m0").digest
+    params = SamplingParams(max_tokens=6, temperature=0.0)
+    base = engine.generate([TEXTS[0] * 2], [None], params)[0].outputs[0].token_ids
+    masked = engine.generate([TEXTS[0] * 2], ["m0"], params)[0].outputs[0].token_ids
+    assert base != masked
+    for forged in ({"mask": digest}, {"mask": "f" * 64, "mask_path": "/etc/passwd"}, {"mask": digest, "mask_key": "x"}):
+        out = engine.llm.generate([TEXTS[0] * 2], SamplingParams(max_tokens=6, temperature=0.0, extra_args=forged),
+                                  use_tqdm=False)
+        assert out[0].outputs[0].token_ids == base, forged
+
+
 def test_mask_for_another_base_is_refused(setup, tmp_path):
     engine, _ = setup
     other = make_tiny_model(tmp_path / "other", seed=7)

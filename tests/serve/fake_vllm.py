@@ -19,19 +19,37 @@ BASE_NAME = "base-model"
 
 
 class FakeEngine:
-    def __init__(self):
-        self.loaded: dict[str, dict] = {}
+    """Answers the worker RPCs like runtime.worker does, with a bank of `capacity` masks (LRU, pins)."""
+
+    def __init__(self, capacity: int = 100):
+        self.capacity = capacity
+        self.loaded: dict[str, dict] = {}  # least recently used first
         self.calls: list[tuple[str, tuple]] = []
+
+    def _load(self, path: str, pin: bool) -> dict:
+        digest = read_mask_file(path).digest
+        if digest in self.loaded:
+            self.loaded[digest]["pinned"] |= pin
+            self.loaded[digest] = self.loaded.pop(digest)
+            return {**self.loaded[digest], "evicted": []}
+        evicted = []
+        for old in list(self.loaded):
+            if len(self.loaded) < self.capacity:
+                break
+            if not self.loaded[old]["pinned"]:
+                evicted.append(old)
+                del self.loaded[old]
+        if len(self.loaded) >= self.capacity:
+            return {"error": "mask needs 100 bytes; 100 of 100 are pinned or in use", "kind": "BankFull"}
+        self.loaded[digest] = {"digest": digest, "bytes": 100, "pinned": pin, "load_ms": 1.0}
+        return {**self.loaded[digest], "evicted": evicted}
 
     async def collective_rpc(self, method: str, args: tuple = ()):
         self.calls.append((method, args))
         if method == "maskserve_setup":
             return [{"layers": 0}]
         if method == "maskserve_load":
-            path, pin = args
-            digest = read_mask_file(path).digest
-            self.loaded[digest] = {"digest": digest, "bytes": 100, "pinned": pin, "load_ms": 1.0}
-            return [self.loaded[digest]]
+            return [self._load(*args)]
         if method == "maskserve_unload":
             return [{"unloaded": self.loaded.pop(args[0], None) is not None}]
         if method == "maskserve_status":
@@ -60,6 +78,10 @@ def fake_vllm_app() -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         return await respond(request, "chat.completion")
+
+    @app.get("/health")
+    async def health():
+        return {}
 
     @app.get("/v1/models")
     async def models():
@@ -94,9 +116,9 @@ async def _stream(body: dict, kind: str):
 
 
 def build(store_uri: str, base_id: str, tmp_path, host="127.0.0.1", api_key=None, admin_key=None,
-          experiments_file=None):
+          experiments_file=None, capacity=100):
     app = fake_vllm_app()
-    engine = FakeEngine()
+    engine = FakeEngine(capacity)
     config = MaskServeConfig(model_dir="unused", base_id=base_id, store=store_uri, api_key=api_key,
                              admin_key=admin_key, experiments_file=experiments_file, ab_db=str(tmp_path / "ab.sqlite"),
                              mask_memory_bytes=1 << 20, resolve_ttl_s=0.0)
