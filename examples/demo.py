@@ -6,7 +6,7 @@
 4. start mask-serve, ask the base and the mask the same held-out questions with the openai client
 5. run an A/B experiment (base vs math:prod), score each answer, print the report
 
-    python examples/demo.py [--work DIR] [--steps 80] [--keep-server]
+    python examples/demo.py [--work DIR] [--steps 80] [--questions 24]
 """
 
 import argparse

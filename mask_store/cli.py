@@ -197,6 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MaskError as e:
         print(f"mask-store: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a path the user gave: missing folder, a directory, no permission
+        print(f"mask-store: error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -33,10 +33,11 @@ class TensorRecord:
 
 def _hash_file(path: Path) -> list[TensorRecord]:
     records = []
+    header = read_header(path)  # first: a truncated or empty file is a ModelError, not an mmap error
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         view = memoryview(mm)
         try:
-            for name, loc in read_header(path).items():
+            for name, loc in header.items():
                 h = blake3.blake3(max_threads=blake3.blake3.AUTO)
                 h.update(view[loc.begin : loc.end])
                 records.append(TensorRecord(name, loc.dtype, loc.shape, h.hexdigest()))

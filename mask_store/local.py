@@ -151,7 +151,11 @@ class LocalBackend:
             for digest in doomed:
                 self.delete_blob(digest)
             for tmp in (self.root / "blobs").glob("*/.*.tmp"):  # left by pushes killed mid-write
-                if time.time() - tmp.stat().st_mtime > grace_s:
+                try:
+                    age = time.time() - tmp.stat().st_mtime
+                except FileNotFoundError:  # a live push (it writes blobs outside the lock) just renamed it
+                    continue
+                if age > grace_s:
                     tmp.unlink(missing_ok=True)
         return doomed
 

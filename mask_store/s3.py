@@ -7,7 +7,9 @@
 A push uploads its blob, then claims the next version number with a conditional PUT; a 412 means another pusher
 took that number, so it re-lists and tries the next one. A single PUT is atomic, so a killed push leaves at most an
 unreferenced blob. Removal overwrites the record with a tombstone, keeping the number taken. Without a lock,
-garbage collection only deletes unreferenced blobs older than a grace period, so it cannot race a push in flight.
+garbage collection only deletes unreferenced blobs older than a grace period, and re-reads a blob's age just before
+deleting it: a push re-uploads its blob even when present, so a push in flight makes it young again. What remains is
+the gap between that re-read and the DELETE (milliseconds, against a push's upload-then-claim).
 
 Endpoint and credentials come from the usual AWS settings (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ...).
 """
@@ -47,9 +49,28 @@ class S3Backend:
 
     def _list(self, prefix: str) -> list[dict[str, Any]]:
         out = []
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-            out.extend(page.get("Contents", []))
+        try:
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                out.extend(page.get("Contents", []))
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+            raise StoreError(f"store {self.uri}: cannot list {prefix} ({_reason(e)})") from e
         return out
+
+    def _delete(self, key: str) -> None:
+        try:
+            self.s3.delete_object(Bucket=self.bucket, Key=key)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+            raise StoreError(f"store {self.uri}: cannot delete {key} ({_reason(e)})") from e
+
+    def _age_s(self, key: str) -> float | None:
+        try:
+            return time.time() - self.s3.head_object(Bucket=self.bucket, Key=key)["LastModified"].timestamp()
+        except botocore.exceptions.ClientError as e:
+            if e.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                return None
+            raise StoreError(f"store {self.uri}: cannot read {key} ({_reason(e)})") from e
+        except botocore.exceptions.BotoCoreError as e:
+            raise StoreError(f"store {self.uri}: cannot read {key} ({_reason(e)})") from e
 
     def _get(self, key: str) -> bytes | None:
         try:
@@ -57,6 +78,8 @@ class S3Backend:
         except botocore.exceptions.ClientError as e:
             if e.response["Error"]["Code"] in ("NoSuchKey", "404"):
                 return None
+            raise StoreError(f"store {self.uri}: cannot read {key} ({_reason(e)})") from e
+        except botocore.exceptions.BotoCoreError as e:
             raise StoreError(f"store {self.uri}: cannot read {key} ({_reason(e)})") from e
 
     def _put(self, key: str, body: bytes, create_only: bool = False) -> bool:
@@ -68,6 +91,8 @@ class S3Backend:
         except botocore.exceptions.ClientError as e:
             if create_only and e.response["Error"]["Code"] in ("PreconditionFailed", "412"):
                 return False
+            raise StoreError(f"store {self.uri}: cannot write {key} ({_reason(e)})") from e
+        except botocore.exceptions.BotoCoreError as e:
             raise StoreError(f"store {self.uri}: cannot write {key} ({_reason(e)})") from e
 
     # --- blobs ---------------------------------------------------------------------------------------------------
@@ -97,7 +122,7 @@ class S3Backend:
         ]
 
     def delete_blob(self, digest: str) -> None:
-        self.s3.delete_object(Bucket=self.bucket, Key=self._key("blobs", f"{digest}.mask"))
+        self._delete(self._key("blobs", f"{digest}.mask"))
 
     # --- versions and tags ---------------------------------------------------------------------------------------
 
@@ -147,13 +172,18 @@ class S3Backend:
         key = self._key("tags", name, f"{tag}.json")
         if self._get(key) is None:
             return False
-        self.s3.delete_object(Bucket=self.bucket, Key=key)
+        self._delete(key)
         return True
 
     def collect_garbage(self, referenced: set[str], grace_s: float) -> list[str]:
-        doomed = [b.digest for b in self.list_blobs() if b.digest not in referenced and b.age_s > grace_s]
-        for digest in doomed:
-            self.delete_blob(digest)
+        doomed = []
+        for blob in self.list_blobs():
+            if blob.digest in referenced or blob.age_s <= grace_s:
+                continue
+            age = self._age_s(self._key("blobs", f"{blob.digest}.mask"))  # a push may have re-uploaded it since
+            if age is not None and age > grace_s:
+                self.delete_blob(blob.digest)
+                doomed.append(blob.digest)
         return doomed
 
 

@@ -121,9 +121,7 @@ class Store:
 
     def push(self, path: str | os.PathLike, name: str, tags: Iterable[str] = (), base_id: str | None = None):
         """Add the mask at `path` as the next version of `name`; returns its VersionRecord."""
-        check_name(name)
-        tags = [check_tag(t) for t in tags]
-        self._refuse_latest(tags)
+        tags = self.check_push(name, tags)
         data = read_bytes(path)
         mask_file = parse_mask(data, str(path))
         mask_file.decode()  # a blob that does not decode never enters the store
@@ -179,6 +177,13 @@ class Store:
         """Delete blobs that no live version references; returns their digests."""
         referenced = {r.digest for r in self.backend.records() if r.live}
         return self.backend.collect_garbage(referenced, grace_s)
+
+    def check_push(self, name: str, tags: Iterable[str]) -> list[str]:
+        """The checks push makes on its arguments, for callers that want them before expensive work."""
+        check_name(name)
+        tags = [check_tag(t) for t in tags]
+        self._refuse_latest(tags)
+        return tags
 
     @staticmethod
     def _refuse_latest(tags: Iterable[str]) -> None:

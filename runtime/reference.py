@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mask_store.errors import BaseMismatch
+from mask_store.errors import BaseMismatch, MaskError
 from mask_store.format import load_mask
 from mask_store.identity import base_id
 from mask_store.mask import Mask
@@ -54,19 +54,21 @@ def token_logprobs(model: torch.nn.Module, tokenizer, texts: list[str]) -> list[
 
 def export_materialized(model_dir: str | Path, mask_path: str | Path, out_dir: str | Path) -> None:
     """Write model_dir with the mask applied to out_dir (safetensors, config, tokenizer); all or nothing."""
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise MaskError(f"{out_dir} exists and is not an empty folder; export into a new one")
     mask = load_mask(mask_path)
     served = base_id(model_dir)
     if mask.base_id != served:
         raise BaseMismatch(f"mask {mask_path}", mask.base_id, served)
     model, tokenizer = load_model(model_dir)
     materialize(model, mask)
-    out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if out_dir.exists():
-        shutil.rmtree(out_dir)
+        out_dir.rmdir()  # empty, checked above
     tmp.rename(out_dir)
 
 

@@ -32,7 +32,7 @@ class MaskServeConfig:
     model_dir: str  # the base model folder vLLM serves
     base_id: str  # its base id; masks for any other base are refused
     store: str  # store URI
-    api_key: str | None  # inference needs it when set
+    api_keys: tuple[str, ...]  # inference needs one of them when any is set
     admin_key: str | None  # admin routes need it when set; without it, only a loopback-bound server has them
     experiments_file: str | None  # YAML or JSON experiments to start with
     ab_db: str  # SQLite file of the A/B log
@@ -58,7 +58,7 @@ async def install(app, engine_client, served_names: list[str], host: str | None,
     app.middleware_stack = None
     app.add_middleware(MaskMiddleware, service=service, experiments=experiments, ablog=ablog,
                        base_names=served_names)
-    app.add_middleware(AuthMiddleware, api_key=config.api_key, admin_key=config.admin_key, host=host)
+    app.add_middleware(AuthMiddleware, api_keys=config.api_keys, admin_key=config.admin_key, host=host)
 
 
 async def run(args: Namespace, config: MaskServeConfig) -> None:

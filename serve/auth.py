@@ -25,9 +25,9 @@ def _digest(key: str) -> bytes:
 
 
 class AuthMiddleware:
-    def __init__(self, app: ASGIApp, api_key: str | None, admin_key: str | None, host: str | None):
+    def __init__(self, app: ASGIApp, api_keys: tuple[str, ...], admin_key: str | None, host: str | None):
         self.app = app
-        self.api_key = _digest(api_key) if api_key else None
+        self.api_keys = [_digest(k) for k in api_keys]  # any of them opens inference, like vLLM's repeated --api-key
         self.admin_key = _digest(admin_key) if admin_key else None
         self.admin_open = admin_key is None and host in LOOPBACK
 
@@ -50,8 +50,8 @@ class AuthMiddleware:
                                    "admin routes are disabled: start mask-serve with --admin-key or bind to loopback")
             if self.admin_key is not None and not self._matches(token, self.admin_key):
                 return await _deny(scope, receive, send, 401, "admin routes need 'Authorization: Bearer ADMIN_KEY'")
-        elif self.api_key is not None and path not in PUBLIC_PATHS:
-            if not (self._matches(token, self.api_key) or self._matches(token, self.admin_key)):
+        elif self.api_keys and path not in PUBLIC_PATHS:
+            if not any(self._matches(token, key) for key in [*self.api_keys, self.admin_key]):
                 return await _deny(scope, receive, send, 401, "missing or wrong API key (Authorization: Bearer KEY)")
         await self.app(scope, receive, send)
 

@@ -10,6 +10,7 @@ correction runs eager Python in the forward pass) and sets the worker extension.
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -97,7 +98,7 @@ def serve_main(argv: Sequence[str]) -> int:
             model_dir=args.model,
             base_id=base_id(args.model),
             store=args.store or default_store_uri(),
-            api_key=(args.api_key or [None])[0],
+            api_keys=tuple(args.api_key or ()) or tuple(filter(None, [os.environ.pop("VLLM_API_KEY", None)])),
             admin_key=args.admin_key,
             experiments_file=args.experiments,
             ab_db=args.ab_db,
@@ -111,7 +112,7 @@ def serve_main(argv: Sequence[str]) -> int:
     except MaskError as e:
         print(f"mask-serve: error: {e}", file=sys.stderr)
         return 1
-    args.api_key = None  # our AuthMiddleware checks keys, in the OpenAI error schema
+    args.api_key = None  # our AuthMiddleware checks keys (VLLM_API_KEY too, popped above), in the OpenAI error schema
     engine_defaults = default_engine_args()
     args.enforce_eager = True
     args.worker_extension_cls = engine_defaults["worker_extension_cls"]

@@ -35,14 +35,19 @@ class MaskService:
     async def setup(self, budget_bytes: int) -> None:
         await self._rpc("maskserve_setup", self.model_dir, self.base_id, budget_bytes, self.key)
 
-    def resolve(self, ref: str) -> ServedMask:
-        now = time.monotonic()
+    def _cached(self, ref: str) -> ServedMask | None:
         hit = self._resolved.get(ref)
-        if hit is not None and now - hit[0] < self.resolve_ttl_s:
-            return hit[1]
+        return hit[1] if hit is not None and time.monotonic() - hit[0] < self.resolve_ttl_s else None
+
+    def _resolve(self, ref: str) -> ServedMask:
+        started = time.monotonic()
         served = resolve(self.store, ref, self.base_id)
-        self._resolved[ref] = (now, served)
+        self._resolved[ref] = (started, served)
         return served
+
+    async def resolve(self, ref: str) -> ServedMask:
+        """From the cache, or from the store on a worker thread: an S3 store is network round trips."""
+        return self._cached(ref) or await asyncio.to_thread(self._resolve, ref)
 
     async def ensure_loaded(self, served: ServedMask, pin: bool = False) -> dict | None:
         """Load into every worker unless already there; returns the load report when this call loaded it."""
@@ -67,7 +72,7 @@ class MaskService:
         return report
 
     async def unload(self, ref: str) -> bool:
-        served = self.resolve(ref)
+        served = await self.resolve(ref)
         unloaded = (await self._rpc("maskserve_unload", served.digest))["unloaded"]
         self._loaded.discard(served.digest)
         metrics.MASKS_LOADED.set(len(self._loaded))
@@ -77,15 +82,16 @@ class MaskService:
         status = await self._rpc("maskserve_status")
         self._loaded = {m["digest"] for m in status["masks"]}  # the workers may have evicted some
         metrics.MASKS_LOADED.set(len(self._loaded))
-        names = {r.digest: r.ref for r in self.store.versions(base_id=self.base_id)}
+        versions = await asyncio.to_thread(self.store.versions, base_id=self.base_id)
+        names = {r.digest: r.ref for r in versions}
         for m in status["masks"]:
             m["ref"] = names.get(m["digest"])
         return status
 
-    def model_cards(self, created: int) -> list[dict]:
+    async def model_cards(self, created: int) -> list[dict]:
         """OpenAI model objects for every mask name this base can serve (its newest version), like vLLM's LoRAs."""
         newest = {}
-        for record in self.store.versions(base_id=self.base_id):
+        for record in await asyncio.to_thread(self.store.versions, base_id=self.base_id):
             newest[record.name] = record
         return [
             {"id": name, "object": "model", "created": created, "owned_by": "maskserve", "root": record.ref,

@@ -82,7 +82,7 @@ class MaskMiddleware:
 
     # --- requests ------------------------------------------------------------------------------------------------
 
-    def route(self, request: dict) -> Route:
+    async def route(self, request: dict) -> Route:
         mask = request.get("mask")
         if mask is not None and not isinstance(mask, str):
             raise InvalidRef("'mask' must be a string (NAME, NAME@N, NAME:TAG, a digest or ab:EXPERIMENT) or null")
@@ -97,7 +97,7 @@ class MaskMiddleware:
             route.experiment, route.arm, mask = experiment.name, arm.name, arm.mask
         if mask is not None:
             try:
-                route.served = self.service.resolve(mask)
+                route.served = await self.service.resolve(mask)
             except (NotFound, InvalidRef) as e:
                 if not route.model_was_mask:
                     raise
@@ -133,7 +133,7 @@ class MaskMiddleware:
         if not isinstance(request, dict):
             return await _error(scope, receive, send, 400, "request body must be a JSON object")
         try:
-            route = self.route(request)
+            route = await self.route(request)
             if route.served is not None:
                 await self.service.ensure_loaded(route.served)
         except MaskError as e:
@@ -142,9 +142,12 @@ class MaskMiddleware:
         rewritten = self.rewrite(request, route)
         new_body = body if rewritten == request else json.dumps(rewritten).encode()
         outcome = Outcome()
-        await self.app(_with_length(scope, len(new_body)), _replay(new_body, receive),
-                       _annotate(send, route, outcome))
-        self._account(route, outcome, time.perf_counter() - started, started)
+        try:
+            await self.app(_with_length(scope, len(new_body)), _replay(new_body, receive),
+                           _annotate(send, route, outcome))
+        finally:  # failed and abandoned requests count too (status 500 if no response was started)
+            outcome.status = outcome.status or 500
+            self._account(route, outcome, time.perf_counter() - started, started)
 
     def _account(self, route: Route, outcome: Outcome, latency: float, started: float) -> None:
         label = route.label
@@ -168,7 +171,7 @@ class MaskMiddleware:
             return await _send_raw(send, outcome)
         listing = json.loads(b"".join(outcome.chunks))
         created = listing["data"][0]["created"] if listing.get("data") else int(time.time())
-        listing["data"].extend(self.service.model_cards(created))
+        listing["data"].extend(await self.service.model_cards(created))
         await JSONResponse(listing)(scope, receive, send)
 
 

@@ -25,7 +25,7 @@ async def list_masks(request: Request):
 async def load_mask(body: LoadMaskRequest, request: Request):
     service = request.app.state.masks
     try:
-        served = service.resolve(body.mask)
+        served = await service.resolve(body.mask)
         report = await service.ensure_loaded(served, pin=body.pin)
     except MaskError as e:
         return _error(e)
@@ -52,7 +52,7 @@ async def create_experiment(body: ExperimentSpec, request: Request):
     try:
         for arm in body.arms:
             if arm.mask != "base":
-                state.masks.resolve(arm.mask)  # refuse arms that cannot be served, now rather than per request
+                await state.masks.resolve(arm.mask)  # refuse arms that cannot be served, now rather than per request
     except MaskError as e:
         return _error(e)
     experiment = state.experiments.add(body)

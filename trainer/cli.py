@@ -79,12 +79,26 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
             parser.error("--epochs must be positive")
         if not 0.0 <= args.warmup < 1.0:
             parser.error("--warmup is a fraction in [0, 1)")
+        if args.lr <= 0:
+            parser.error(f"--lr must be positive, not {args.lr}")
         if args.weight_decay < 0:
             parser.error("--weight-decay must not be negative")
         if args.eval_accuracy and not args.eval:
             parser.error("--eval-accuracy needs --eval")
     if args.tag and not args.push:
         parser.error("--tag needs --push")
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        parser.error(f"--out {out}: not a file in an existing folder")
+
+
+def _open_push_target(args: argparse.Namespace) -> Store | None:
+    """Check the --push name, tags and store before training, not after it."""
+    if not args.push:
+        return None
+    store = Store(args.store)
+    store.check_push(args.push, args.tag)
+    return store
 
 
 def run(args: argparse.Namespace) -> Mask:
@@ -105,11 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check(args, parser)
     try:
+        store = _open_push_target(args)
         mask = run(args)
         digest = save_mask(mask, args.out)
         print(f"wrote {args.out}: {mask.removed_count:,} of {mask.masked_count:,} weights removed, digest {digest}")
-        if args.push:
-            record = Store(args.store).push(args.out, args.push, args.tag)
+        if store is not None:
+            record = store.push(args.out, args.push, args.tag)
             print(f"pushed {record.ref} {record.digest}")
     except MaskError as e:
         print(f"mask-train: error: {e}", file=sys.stderr)

@@ -91,3 +91,29 @@ def test_push_checks_the_base_when_asked(run, tiny_model, mask_file):
 def test_base_id_command(run, tiny_model):
     code, out, _ = run("base-id", str(tiny_model))
     assert code == 0 and out.strip() == base_id(tiny_model)
+
+
+@pytest.mark.parametrize("where", ["missing/dir/m.mask", "."])
+def test_pull_to_a_bad_path_is_one_line(run, mask_file, tmp_path, where):
+    run("push", str(mask_file), "--name", "math")
+    code, _, err = run("pull", "math", "-o", str(tmp_path / where))
+    assert code == 1 and err.startswith("mask-store: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_base_id_of_an_empty_weight_file_is_one_line(run, tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"")
+    code, _, err = run("base-id", str(tmp_path / "model"))
+    assert code == 1 and "not a safetensors file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_corrupt_file_and_unwritable_store_are_one_line(tmp_path, mask_file, capsys):
+    corrupt = tmp_path / "corrupt.mask"
+    corrupt.write_bytes(mask_file.read_bytes()[:-9])
+    assert main(["--store", str(tmp_path / "store"), "push", str(corrupt), "--name", "x"]) == 1
+    assert str(corrupt) in capsys.readouterr().err
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert main(["--store", str(blocked / "store"), "push", str(mask_file), "--name", "x"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mask-store: error:") and len(err.strip().splitlines()) == 1

@@ -1,6 +1,8 @@
+import dataclasses
+
 import pytest
 
-from mask_store.errors import BaseMismatch, InvalidRef, NotFound, StoreError
+from mask_store.errors import BaseMismatch, CorruptMask, InvalidRef, NotFound, StoreError
 from mask_store.format import encode_mask, parse_mask, read_mask_file, save_mask
 from mask_store.store import Store
 
@@ -135,7 +137,7 @@ def test_corrupt_file_is_refused_at_push(store, tmp_path):
     data[-40] ^= 1
     bad = tmp_path / "bad.mask"
     bad.write_bytes(bytes(data))
-    with pytest.raises(Exception, match="bad.mask"):
+    with pytest.raises(CorruptMask, match="bad.mask"):
         store.push(bad, "math")
     assert store.versions() == []
 
@@ -160,3 +162,14 @@ def test_unwritable_local_store_is_a_store_error(tmp_path):
 def test_parse_digest_matches_record(store, files):
     rec = store.push(files[0], "math")
     assert parse_mask(store.backend.read_blob(rec.digest), "x").digest == rec.digest
+
+
+def test_s3_gc_spares_a_blob_a_push_uploaded_after_its_listing(s3_store_uri, files):
+    store = Store(s3_store_uri)
+    store.push(files[0], "a")
+    store.remove("a@1")  # the blob is now unreferenced
+    listed = [dataclasses.replace(b, age_s=1e6) for b in store.backend.list_blobs()]  # gc's listing: old enough
+    store.backend.list_blobs = lambda: listed
+    store.push(files[0], "b")  # between gc's listing and its deletes: re-uploads the same blob
+    assert store.backend.collect_garbage(referenced=set(), grace_s=3600) == []
+    assert store.verify() == [] and store.pull("b", files[0].with_name("out.mask"))

@@ -34,3 +34,13 @@ def test_export_refuses_another_base(tiny_model, tmp_path, capsys):
     assert main(["--store", store, "export", "o", "--model", str(tiny_model), "--materialize",
                  str(tmp_path / "x")]) == 1
     assert "trained on base" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_export_never_overwrites_a_folder(tiny_model, tmp_path, capsys):
+    store = str(tmp_path / "store")
+    main(["--store", store, "push", str(make_mask(tiny_model, tmp_path / "m.mask")), "--name", "m"])
+    capsys.readouterr()
+    before = sorted(p.name for p in tiny_model.iterdir())
+    assert main(["--store", store, "export", "m", "--model", str(tiny_model), "--materialize", str(tiny_model)]) == 1
+    assert "is not an empty folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tiny_model.iterdir()) == before

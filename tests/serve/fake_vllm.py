@@ -63,6 +63,8 @@ def fake_vllm_app() -> FastAPI:
 
     async def respond(request: Request, kind: str):
         body = await request.json()
+        if body.get("prompt") == "crash":
+            raise RuntimeError("the engine failed")
         if body.get("model") != BASE_NAME:
             return _not_found(body.get("model"))
         if body.get("stream"):
@@ -115,11 +117,11 @@ async def _stream(body: dict, kind: str):
     yield b"data: [DONE]\n\n"
 
 
-def build(store_uri: str, base_id: str, tmp_path, host="127.0.0.1", api_key=None, admin_key=None,
+def build(store_uri: str, base_id: str, tmp_path, host="127.0.0.1", api_keys=(), admin_key=None,
           experiments_file=None, capacity=100):
     app = fake_vllm_app()
     engine = FakeEngine(capacity)
-    config = MaskServeConfig(model_dir="unused", base_id=base_id, store=store_uri, api_key=api_key,
+    config = MaskServeConfig(model_dir="unused", base_id=base_id, store=store_uri, api_keys=api_keys,
                              admin_key=admin_key, experiments_file=experiments_file, ab_db=str(tmp_path / "ab.sqlite"),
                              mask_memory_bytes=1 << 20, resolve_ttl_s=0.0)
     asyncio.run(install(app, engine, [BASE_NAME], host, config))

@@ -223,6 +223,19 @@ def test_experiment_routing_is_sticky_logged_and_scored(server):
     assert client.post("/v1/feedback", json={"id": "x"}).status_code == 400
 
 
+def test_a_request_that_fails_inside_vllm_is_still_logged(store, tmp_path):
+    from serve.ablog import ABLog, report
+
+    app, _ = build(store.uri, BASE_A, tmp_path)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        spec = {"name": "e", "arms": [{"mask": "base", "weight": 1}, {"mask": "math", "weight": 1}]}
+        assert client.post("/v1/experiments", json=spec).status_code == 200
+        assert complete(client, mask="ab:e", user="u", prompt="crash").status_code == 500
+        assert complete(client, mask="ab:e", user="u").status_code == 200
+    arms = report(ABLog(tmp_path / "ab.sqlite", create=False), "e")["arms"]
+    assert sum(a["requests"] for a in arms) == 2 and sum(a["errors"] for a in arms) == 1
+
+
 @pytest.mark.parametrize(
     "spec",
     [
@@ -254,21 +267,22 @@ def test_experiments_file(store, tmp_path):
 
 class TestAuth:
     def test_api_key_guards_inference(self, store, tmp_path):
-        app, _ = build(store.uri, BASE_A, tmp_path, api_key="sk-in", admin_key="sk-admin")
+        app, _ = build(store.uri, BASE_A, tmp_path, api_keys=("sk-in", "sk-other"), admin_key="sk-admin")
         with TestClient(app) as client:
             assert complete(client).status_code == 401
             assert client.post("/v1/completions", json={"model": BASE_NAME, "prompt": "x"},
                                headers={"Authorization": "Bearer wrong"}).status_code == 401
-            ok = client.post("/v1/completions", json={"model": BASE_NAME, "prompt": "x"},
-                             headers={"Authorization": "Bearer sk-in"})
-            assert ok.status_code == 200
+            for key in ("sk-in", "sk-other", "sk-admin"):
+                ok = client.post("/v1/completions", json={"model": BASE_NAME, "prompt": "x"},
+                                 headers={"Authorization": f"Bearer {key}"})
+                assert ok.status_code == 200, key
             assert complete(client).json()["error"]["code"] == 401
             for path in ("/invocations", "/classify", "/tokenize"):  # vLLM's own --api-key leaves the first two open
                 assert client.post(path, json={"prompt": "x"}).status_code == 401, path
             assert client.get("/health").status_code == 200
 
     def test_admin_key_guards_admin_routes(self, store, tmp_path):
-        app, _ = build(store.uri, BASE_A, tmp_path, api_key="sk-in", admin_key="sk-admin")
+        app, _ = build(store.uri, BASE_A, tmp_path, api_keys=("sk-in", "sk-other"), admin_key="sk-admin")
         with TestClient(app) as client:
             assert client.get("/v1/masks", headers={"Authorization": "Bearer sk-in"}).status_code == 401
             assert client.get("/v1/masks", headers={"Authorization": "Bearer sk-admin"}).status_code == 200

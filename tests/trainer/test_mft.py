@@ -312,6 +312,8 @@ def test_eval_accuracy_without_answers_is_an_error(tmp_path, tiny_model, capsys)
         (["--data", "missing.jsonl"], "--data missing.jsonl: no such file"),
         (["--data", "DATA", "--eval-accuracy"], "--eval-accuracy needs --eval"),
         (["--data", "DATA", "--steps", "0"], "--steps must be at least 1"),
+        (["--data", "DATA", "--lr", "-0.01"], "--lr must be positive"),
+        (["--data", "DATA", "--out", "missing/x.mask"], "not a file in an existing folder"),
     ],
 )
 def test_bad_flags_are_usage_errors(tmp_path, tiny_model, capsys, argv, message):
@@ -332,6 +334,21 @@ def test_bad_flags_are_usage_errors(tmp_path, tiny_model, capsys, argv, message)
 def test_bad_targets_fail_before_training(tmp_path, tiny_model, capsys, argv, message):
     data = write_jsonl(tmp_path / "d.jsonl", toy_records(4, 0))
     code, err = _fails(capsys, ["--model", str(tiny_model), "--data", str(data)] + argv, tmp_path)
+    assert code == 1 and message in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--push", "bad name!"], "bad name!"),
+        (["--push", "base"], "reserved"),
+        (["--push", "math", "--tag", "latest"], "'latest' always names the newest version"),
+    ],
+)
+def test_bad_push_target_fails_before_training(tmp_path, tiny_model, capsys, argv, message):
+    data = write_jsonl(tmp_path / "d.jsonl", toy_records(4, 0))
+    argv = ["--model", str(tiny_model), "--data", str(data), "--layers", "0-1", "--store", str(tmp_path / "s")] + argv
+    code, err = _fails(capsys, argv, tmp_path)
     assert code == 1 and message in err
 
 
