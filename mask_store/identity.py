@@ -19,7 +19,7 @@ from pathlib import Path
 import blake3
 
 from .checkpoint import read_header, weight_files
-from .errors import ModelError
+from .errors import MaskError, ModelError
 from .paths import cache_dir
 
 
@@ -50,11 +50,16 @@ class _Cache:
     """(path, size, mtime_ns) -> tensor records, shared by every process on the machine."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=30)
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, records TEXT)"
-        )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, timeout=30)
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, records TEXT)"
+            )
+        except (OSError, sqlite3.Error) as e:
+            raise MaskError(
+                f"cannot open the base-id cache {path} ({e}); point MASKSERVE_CACHE at a writable folder"
+            ) from e
 
     def get(self, path: Path, st: os.stat_result) -> list[TensorRecord] | None:
         row = self.db.execute(

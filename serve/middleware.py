@@ -113,7 +113,8 @@ class MaskMiddleware:
         if isinstance(xargs, dict):
             out["vllm_xargs"] = xargs = {k: v for k, v in xargs.items() if k not in MASK_XARGS} or None
         if route.served is not None:
-            out["vllm_xargs"] = {**(xargs if isinstance(xargs, dict) else {}), **route.served.extra_args(self.service.key)}
+            user_xargs = xargs if isinstance(xargs, dict) else {}
+            out["vllm_xargs"] = {**user_xargs, **route.served.extra_args(self.service.key)}
             salt = out.get("cache_salt")
             out["cache_salt"] = f"{route.served.cache_salt}:{salt}" if isinstance(salt, str) else route.served.cache_salt
         options = out.get("stream_options")

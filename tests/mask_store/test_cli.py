@@ -117,3 +117,11 @@ def test_corrupt_file_and_unwritable_store_are_one_line(tmp_path, mask_file, cap
     assert main(["--store", str(blocked / "store"), "push", str(mask_file), "--name", "x"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("mask-store: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_unwritable_cache_is_one_line(run, tiny_model, tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setenv("MASKSERVE_CACHE", str(blocked / "cache"))
+    code, _, err = run("base-id", str(tiny_model))
+    assert code == 1 and "MASKSERVE_CACHE" in err and len(err.strip().splitlines()) == 1
