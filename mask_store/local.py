@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_bytes
-from .errors import NotFound, StoreError
+from .errors import BaseMismatch, NotFound, StoreError
 from .store import BlobInfo, VersionRecord
 
 _SCHEMA = """
@@ -103,11 +103,18 @@ class LocalBackend:
     def _write(self):
         return _Transaction(self.db)
 
-    def add_version(self, name: str, fields: dict[str, Any], blob: bytes) -> VersionRecord:
+    def add_version(self, name: str, fields: dict[str, Any], blob: bytes, tags: list[str]) -> VersionRecord:
         self.put_blob(fields["digest"], blob)
         with self._write():
             if not self._blob(fields["digest"]).exists():  # collected between our write and this lock
                 self.put_blob(fields["digest"], blob)
+            newest_live = self.db.execute(
+                "SELECT base_id, version FROM versions WHERE name=? AND removed_at IS NULL ORDER BY version DESC LIMIT 1",
+                (name,),
+            ).fetchone()
+            if newest_live and newest_live[0] != fields["base_id"]:  # checked again here: a racing first push
+                raise BaseMismatch(f"mask {fields['digest'][:12]}", fields["base_id"],
+                                   f"{newest_live[0]} of {name}@{newest_live[1]}")
             (last,) = self.db.execute("SELECT MAX(version) FROM versions WHERE name=?", (name,)).fetchone()
             record = VersionRecord(name=name, version=(last or 0) + 1, **fields)
             row = record.stored()
@@ -115,6 +122,8 @@ class LocalBackend:
             self.db.execute(
                 f"INSERT INTO versions ({_COLUMNS}) VALUES ({', '.join(':' + c for c in _COLUMNS.split(', '))})", row
             )
+            for tag in tags:
+                self.db.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", (name, tag, record.version))
         return record
 
     def records(self, name: str | None = None) -> list[VersionRecord]:

@@ -129,13 +129,16 @@ class S3Backend:
     def _version_key(self, name: str, version: int) -> str:
         return self._key("versions", name, f"{version:08d}.json")
 
-    def add_version(self, name: str, fields: dict[str, Any], blob: bytes) -> VersionRecord:
+    def add_version(self, name: str, fields: dict[str, Any], blob: bytes, tags: list[str]) -> VersionRecord:
+        """Tags are objects of their own, PUT after the claim: a push killed in between leaves its version untagged."""
         self.put_blob(fields["digest"], blob)
         for _ in range(_MAX_CLAIMS):
             taken = [int(Path(o["Key"]).stem) for o in self._list(self._key("versions", name, ""))]
             record = VersionRecord(name=name, version=max(taken, default=0) + 1, **fields)
             body = json.dumps(record.stored(), sort_keys=True).encode()
             if self._put(self._version_key(name, record.version), body, create_only=True):
+                for tag in tags:
+                    self.set_tag(name, tag, record.version)
                 return record
         raise StoreError(f"store {self.uri}: could not claim a version of {name} after {_MAX_CLAIMS} tries")
 

@@ -83,8 +83,9 @@ class Backend(Protocol):
 
     def delete_blob(self, digest: str) -> None: ...
 
-    def add_version(self, name: str, fields: dict[str, Any], blob: bytes) -> VersionRecord:
-        """Store `blob` durably, then create version max+1 of `name` (tombstones count) in one atomic step."""
+    def add_version(self, name: str, fields: dict[str, Any], blob: bytes, tags: list[str]) -> VersionRecord:
+        """Store `blob` durably, then create version max+1 of `name` (tombstones count) in one atomic step, and
+        point `tags` at it (in the same step where the backend can)."""
 
     def records(self, name: str | None = None) -> list[VersionRecord]:
         """Every version record, tombstones included, sorted by (name, version), without tags."""
@@ -144,9 +145,8 @@ class Store:
                 "pushed_at": utc_now(),
             },
             data,
+            tags,
         )
-        for tag in tags:
-            self.backend.set_tag(name, tag, record.version)
         return self.resolve(record.ref)
 
     def tag(self, ref: str, tag: str) -> VersionRecord:

@@ -135,3 +135,30 @@ def test_four_processes_pushing_to_one_name(tmp_path, backend, request):
     assert sorted(r.version for r in records) == list(range(1, 4 * per_process + 1))
     assert {r.digest for r in records} == {read_mask_file(p).digest for p in paths}
     assert store.verify() == []
+
+
+def test_local_push_sets_its_tags_in_the_version_transaction(tmp_path):
+    """A push is killed wherever a separate tag write would come; the version it made carries its tag."""
+    uri = str(tmp_path / "store")
+    path = tmp_path / "a.mask"
+    save_mask(random_mask(0), path)
+    Store(uri)
+    fault = "from mask_store import local\nlocal.LocalBackend.set_tag = lambda *a: os._exit(137)"
+    code = f"import os\n{fault}\nfrom mask_store.store import Store\nStore({uri!r}).push({str(path)!r}, 'math', ['prod'])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert Store(uri).resolve("math:prod").version == 1
+
+
+def test_local_backend_rechecks_the_base_under_its_lock(tmp_path):
+    """Two first pushes of one name with different bases: the second to commit is refused."""
+    from mask_store.errors import BaseMismatch
+
+    store = Store(tmp_path / "store")
+    path = tmp_path / "a.mask"
+    save_mask(random_mask(0), path)
+    record = store.push(path, "math")
+    fields = {k: v for k, v in record.stored().items() if k not in ("name", "version", "removed_at")}
+    with pytest.raises(BaseMismatch):
+        store.backend.add_version("math", {**fields, "base_id": "f" * 64}, path.read_bytes(), [])
+    assert [r.ref for r in store.versions()] == ["math@1"]
