@@ -16,6 +16,7 @@ Endpoint and credentials come from the usual AWS settings (`AWS_ENDPOINT_URL`, `
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,10 @@ class S3Backend:
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
             raise StoreError(f"store {self.uri}: cannot delete {key} ({_reason(e)})") from e
 
-    def _age_s(self, key: str) -> float | None:
+    def _read(self, key: str, call: Callable[[], Any]) -> Any | None:
+        """Run one read of `key`: None if the key does not exist, a StoreError if the store fails."""
         try:
-            return time.time() - self.s3.head_object(Bucket=self.bucket, Key=key)["LastModified"].timestamp()
+            return call()
         except botocore.exceptions.ClientError as e:
             if e.response["Error"]["Code"] in ("NoSuchKey", "404"):
                 return None
@@ -73,14 +75,11 @@ class S3Backend:
             raise StoreError(f"store {self.uri}: cannot read {key} ({_reason(e)})") from e
 
     def _get(self, key: str) -> bytes | None:
-        try:
-            return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except botocore.exceptions.ClientError as e:
-            if e.response["Error"]["Code"] in ("NoSuchKey", "404"):
-                return None
-            raise StoreError(f"store {self.uri}: cannot read {key} ({_reason(e)})") from e
-        except botocore.exceptions.BotoCoreError as e:
-            raise StoreError(f"store {self.uri}: cannot read {key} ({_reason(e)})") from e
+        return self._read(key, lambda: self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def _age_s(self, key: str) -> float | None:
+        head = self._read(key, lambda: self.s3.head_object(Bucket=self.bucket, Key=key))
+        return None if head is None else time.time() - head["LastModified"].timestamp()
 
     def _put(self, key: str, body: bytes, create_only: bool = False) -> bool:
         """PUT `key`; with create_only, returns False instead of overwriting."""
