@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "without it, accuracy is reported whenever every eval record has one")
     mft.add_argument("--max-new-tokens", type=int, default=32, help="greedy generation length for exact match")
     mft.add_argument("--eval-batch-size", type=int, default=32, help="examples per batch when evaluating")
+    mft.add_argument("--checkpoint", metavar="FILE", help="save the training state here as training goes")
+    mft.add_argument("--checkpoint-every", type=int, default=50, metavar="N", help="steps between saves")
+    mft.add_argument("--resume", action="store_true",
+                     help="continue from --checkpoint; the mask is the one an uninterrupted run gives")
 
     out = parser.add_argument_group("output")
     out.add_argument("--out", required=True, help="where to write the .mask file")
@@ -85,6 +89,12 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
             parser.error("--weight-decay must not be negative")
         if args.eval_accuracy and not args.eval:
             parser.error("--eval-accuracy needs --eval")
+        if args.resume and not args.checkpoint:
+            parser.error("--resume needs --checkpoint FILE")
+        if args.checkpoint_every < 1:
+            parser.error("--checkpoint-every must be at least 1")
+        if args.checkpoint and (Path(args.checkpoint).is_dir() or not Path(args.checkpoint).parent.is_dir()):
+            parser.error(f"--checkpoint {args.checkpoint}: not a file in an existing folder")
     if args.tag and not args.push:
         parser.error("--tag needs --push")
     out = Path(args.out)

@@ -14,7 +14,10 @@ Contract:
 - Runs are reproducible: the scores' random init and the data order depend only on the seed.
 - `train_from_args` is the `mask-train --method mft` entry; it returns the masks and the metadata for the file.
 
-Non-goals: distributed training, resuming from a partial run, learning anything but the scores.
+- With checkpointing (`--checkpoint FILE [--resume]`, see checkpoint.py) a run can stop and resume; the mask it ends
+  with is the one an uninterrupted run gives.
+
+Non-goals: distributed training, learning anything but the scores.
 """
 
 import os
@@ -34,6 +37,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedul
 from mask_store.errors import ModelError
 from mask_store.mask import TensorMask
 
+from .checkpoint import Checkpointing, TrainingState, fingerprint
 from .config import MFTConfig
 from .data import IGNORE, DataError, Example, collate, collate_prompts, exact_match, file_hash, load_examples
 from .scored_linear import materialize_scored_linears, swap_in_scored_linears
@@ -146,18 +150,30 @@ def micro_batches(examples: list[Example], batch_size: int, seed: int) -> Iterat
         order = order[batch_size:]
 
 
-def train_scores(model: torch.nn.Module, examples: list[Example], config: MFTConfig, pad: int) -> list[float]:
-    """Optimize the model's trainable tensors (the scores) on `examples`; returns the loss of every step."""
+def train_scores(model: torch.nn.Module, examples: list[Example], config: MFTConfig, pad: int,
+                 checkpointing: Checkpointing | None = None, start: TrainingState | None = None) -> list[float]:
+    """Optimize the model's trainable tensors (the scores) on `examples`, from `start` if given (a checkpoint);
+    returns the loss of every step."""
     device = next(model.parameters()).device
-    scores = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(scores, lr=config.lr, weight_decay=config.weight_decay)
+    scores = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(scores.values(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.total_steps(len(examples))
     schedule = get_linear_schedule_with_warmup(optimizer, config.warmup_steps(len(examples)), steps)
     stream = micro_batches(examples, config.batch_size, config.seed)
+    losses: list[float] = []
+    if start is not None:
+        with torch.no_grad():
+            for name, p in scores.items():
+                p.copy_(start.scores[name])
+        optimizer.load_state_dict(start.optimizer)
+        schedule.load_state_dict(start.schedule)
+        losses = list(start.losses)
+        for _ in range(start.step * config.grad_accum):  # the data order is the seed's: replay it
+            next(stream)
     bar_format = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
-    losses = []
-    with tqdm(range(steps), desc="mft", unit="step", file=sys.stderr, bar_format=bar_format) as bar:
-        for _ in bar:
+    with tqdm(range(len(losses), steps), desc="mft", unit="step", file=sys.stderr, bar_format=bar_format,
+              initial=len(losses), total=steps) as bar:
+        for step in bar:
             group = [collate(next(stream), pad) for _ in range(config.grad_accum)]
             tokens = sum(_targets(batch) for batch in group)
             step_loss = 0.0
@@ -170,6 +186,9 @@ def train_scores(model: torch.nn.Module, examples: list[Example], config: MFTCon
             optimizer.zero_grad(set_to_none=True)
             losses.append(step_loss)
             bar.set_postfix(loss=f"{step_loss:.4f}")
+            if checkpointing is not None and (step + 1 == steps or (step + 1) % checkpointing.every == 0):
+                checkpointing.save(TrainingState(step + 1, losses, {n: p.detach().cpu() for n, p in scores.items()},
+                                                 optimizer.state_dict(), schedule.state_dict()))
     return losses
 
 
@@ -200,8 +219,12 @@ def print_summary(console: Console, extra: dict, tensors: dict[str, TensorMask])
 
 
 def run_mft(model_dir: str | os.PathLike, names: list[str], data: str | os.PathLike, eval_data: str | None,
-            config: MFTConfig, console: Console | None = None) -> tuple[dict[str, TensorMask], dict]:
-    """Learn a mask over the weights `names` of the model in `model_dir`; returns (masks, metadata)."""
+            config: MFTConfig, console: Console | None = None, checkpoint: str | os.PathLike | None = None,
+            checkpoint_every: int = 50, resume: bool = False) -> tuple[dict[str, TensorMask], dict]:
+    """Learn a mask over the weights `names` of the model in `model_dir`; returns (masks, metadata).
+
+    With `checkpoint`, the training state is saved there every `checkpoint_every` steps; `resume` continues from it.
+    """
     started = time.perf_counter()
     tokenizer = load_tokenizer(model_dir)
     train = load_examples(data, tokenizer, config.seq_len)
@@ -212,13 +235,18 @@ def run_mft(model_dir: str | os.PathLike, names: list[str], data: str | os.PathL
     if config.eval_accuracy and unanswered:
         raise DataError(f"{unanswered[0]}: no \"answer\" (--eval-accuracy needs one on every eval record)")
     accuracy = bool(held_out) and not unanswered
+    checkpointing = start = None
+    if checkpoint is not None:
+        checkpointing = Checkpointing(Path(checkpoint), checkpoint_every,
+                                      fingerprint(config.describe(len(train)), file_hash(data), names))
+        start = checkpointing.load() if resume else None  # a wrong checkpoint is refused before the model loads
 
     device, dtype = pick_device_dtype(config.dtype)
     model = load_model(model_dir, device, dtype)
     base = evaluate(model, tokenizer, held_out, config, accuracy) if held_out else None
     swap_in_scored_linears(model, names, config.mask_ratio, config.init, config.seed)
     train_started = time.perf_counter()
-    losses = train_scores(model, train, config, pad_id(tokenizer))
+    losses = train_scores(model, train, config, pad_id(tokenizer), checkpointing, start)
     train_seconds = time.perf_counter() - train_started
     tensors = materialize_scored_linears(model)
     masked = evaluate(model, tokenizer, held_out, config, accuracy) if held_out else None
@@ -243,4 +271,5 @@ def run_mft(model_dir: str | os.PathLike, names: list[str], data: str | os.PathL
 
 def train_from_args(args, model_dir: Path, names: list[str]) -> tuple[dict[str, TensorMask], dict]:
     """`mask-train --method mft`: the CLI has checked the arguments and resolved the target weights."""
-    return run_mft(model_dir, names, args.data, args.eval, MFTConfig.from_args(args))
+    return run_mft(model_dir, names, args.data, args.eval, MFTConfig.from_args(args), checkpoint=args.checkpoint,
+                   checkpoint_every=args.checkpoint_every, resume=args.resume)

@@ -356,3 +356,50 @@ def test_model_folder_without_weights(tmp_path, capsys):
     data = write_jsonl(tmp_path / "d.jsonl", toy_records(4, 0))
     code, err = _fails(capsys, ["--model", str(tmp_path), "--data", str(data), "--layers", "0-1"], tmp_path)
     assert code == 1 and "no *.safetensors" in err
+
+
+def test_a_resumed_run_ends_with_the_mask_of_an_uninterrupted_one(tmp_path, tiny_model, capsys, monkeypatch):
+    import trainer.mft as mft
+
+    data = write_jsonl(tmp_path / "d.jsonl", toy_records(24, 0))
+    argv = ["--model", str(tiny_model), "--data", str(data), "--layers", "2-3", "--init", "random", "--steps", "6",
+            "--batch-size", "4", "--seed", "3"]
+    assert main(argv + ["--out", str(tmp_path / "straight.mask")]) == 0
+
+    checkpoint = ["--checkpoint", str(tmp_path / "run.ckpt"), "--checkpoint-every", "2"]
+    real, calls = mft.completion_nll, []
+
+    def preempted_at_step_5(model, batch):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("preempted")
+        return real(model, batch)
+
+    monkeypatch.setattr(mft, "completion_nll", preempted_at_step_5)
+    with pytest.raises(RuntimeError, match="preempted"):
+        main(argv + checkpoint + ["--out", str(tmp_path / "resumed.mask")])
+    monkeypatch.setattr(mft, "completion_nll", real)
+    assert not (tmp_path / "resumed.mask").exists()
+    capsys.readouterr()
+    assert main(argv + checkpoint + ["--resume", "--out", str(tmp_path / "resumed.mask")]) == 0
+    assert "4/6" in capsys.readouterr().err  # the progress bar starts at the checkpoint's step
+
+    straight, resumed = load_mask(tmp_path / "straight.mask"), load_mask(tmp_path / "resumed.mask")
+    assert straight.same_removals(resumed)
+    assert straight.training["train_loss"] == resumed.training["train_loss"]
+
+
+def test_resume_refuses_another_runs_checkpoint(tmp_path, tiny_model, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", toy_records(8, 0))
+    argv = ["--model", str(tiny_model), "--data", str(data), "--layers", "2-3", "--steps", "2", "--batch-size", "4",
+            "--checkpoint", str(tmp_path / "run.ckpt"), "--out", str(tmp_path / "a.mask")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv + ["--resume", "--lr", "0.5"]) == 1
+    assert "differs in: lr" in capsys.readouterr().err
+    (tmp_path / "run.ckpt").write_bytes(b"not a checkpoint")
+    assert main(argv + ["--resume"]) == 1
+    assert "not a readable mask-train checkpoint" in capsys.readouterr().err
+    (tmp_path / "run.ckpt").unlink()
+    assert main(argv + ["--resume"]) == 1
+    assert "no checkpoint at" in capsys.readouterr().err
