@@ -40,17 +40,24 @@ class MaskServeConfig:
     resolve_ttl_s: float  # how long a REF -> version resolution is reused
 
 
-async def install(app, engine_client, served_names: list[str], host: str | None, config: MaskServeConfig) -> None:
-    """Add maskserve to a vLLM app whose state `init_app_state` has filled."""
-    service = MaskService(engine_client, Store(config.store), config.model_dir, config.base_id, served_names[0],
-                          config.resolve_ttl_s)
-    await service.setup(config.mask_memory_bytes)
+def open_experiments(config: MaskServeConfig) -> tuple[Experiments, ABLog]:
+    """The experiments file and the A/B log, opened before the engine starts: a bad path fails in a second, not
+    after the minute an engine takes to start."""
     experiments = Experiments()
     ablog = ABLog(config.ab_db)
     if config.experiments_file:
         experiments.load_file(config.experiments_file)
     for experiment in experiments.by_name.values():
         ablog.save_experiment(experiment.name, json.dumps(experiment.describe()))
+    return experiments, ablog
+
+
+async def install(app, engine_client, served_names: list[str], host: str | None, config: MaskServeConfig,
+                  experiments: Experiments, ablog: ABLog) -> None:
+    """Add maskserve to a vLLM app whose state `init_app_state` has filled."""
+    service = MaskService(engine_client, Store(config.store), config.model_dir, config.base_id, served_names[0],
+                          config.resolve_ttl_s)
+    await service.setup(config.mask_memory_bytes)
     app.state.masks, app.state.experiments, app.state.ablog = service, experiments, ablog
     app.include_router(router)
     # build_app's SageMaker bootstrap already built Starlette's middleware stack; no request has been served, so
@@ -62,12 +69,14 @@ async def install(app, engine_client, served_names: list[str], host: str | None,
 
 
 async def run(args: Namespace, config: MaskServeConfig) -> None:
+    experiments, ablog = open_experiments(config)
     listen_address, sock = setup_server(args, reuse_port=False)
     async with build_async_engine_client(args) as engine_client:
         supported_tasks = await engine_client.get_supported_tasks()
         app = build_app(args, supported_tasks, engine_client.model_config)
         await init_app_state(engine_client, app.state, args, supported_tasks)
-        await install(app, engine_client, list(args.served_model_name or [args.model]), args.host, config)
+        await install(app, engine_client, list(args.served_model_name or [args.model]), args.host, config,
+                      experiments, ablog)
         uvicorn_kwargs = {}
         if (log_config := get_uvicorn_log_config(args)) is not None:
             uvicorn_kwargs["log_config"] = log_config

@@ -81,9 +81,7 @@ def serve_main(argv: Sequence[str]) -> int:
     from mask_store.paths import default_store_uri
     from runtime.requests import default_engine_args
 
-    from .ablog import ABLog
     from .app import MaskServeConfig, run
-    from .experiments import Experiments
 
     cli_env_setup()
     parser = build_parser()
@@ -105,10 +103,6 @@ def serve_main(argv: Sequence[str]) -> int:
             mask_memory_bytes=args.mask_memory,
             resolve_ttl_s=args.resolve_ttl,
         )
-        # Files the server reads after the engine starts (a minute on CPU): check them before.
-        if config.experiments_file:
-            Experiments().load_file(config.experiments_file)
-        ABLog(config.ab_db).db.close()
     except MaskError as e:
         print(f"mask-serve: error: {e}", file=sys.stderr)
         return 1

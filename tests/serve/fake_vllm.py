@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
 
 from mask_store.format import read_mask_file
-from serve.app import MaskServeConfig, install
+from serve.app import MaskServeConfig, install, open_experiments
 
 BASE_NAME = "base-model"
 
@@ -124,5 +124,5 @@ def build(store_uri: str, base_id: str, tmp_path, host="127.0.0.1", api_keys=(),
     config = MaskServeConfig(model_dir="unused", base_id=base_id, store=store_uri, api_keys=api_keys,
                              admin_key=admin_key, experiments_file=experiments_file, ab_db=str(tmp_path / "ab.sqlite"),
                              mask_memory_bytes=1 << 20, resolve_ttl_s=0.0)
-    asyncio.run(install(app, engine, [BASE_NAME], host, config))
+    asyncio.run(install(app, engine, [BASE_NAME], host, config, *open_experiments(config)))
     return app, engine
