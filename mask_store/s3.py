@@ -16,7 +16,8 @@ Endpoint and credentials come from the usual AWS settings (`AWS_ENDPOINT_URL`, `
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,31 +49,34 @@ class S3Backend:
     def _key(self, *parts: str) -> str:
         return self.prefix + "/".join(parts)
 
+    @contextmanager
+    def _failures(self, action: str) -> Iterator[None]:
+        """Any S3 or network failure inside the block becomes one StoreError line naming the store and `action`."""
+        try:
+            yield
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+            raise StoreError(f"store {self.uri}: cannot {action} ({_reason(e)})") from e
+
     def _list(self, prefix: str) -> list[dict[str, Any]]:
         out = []
-        try:
+        with self._failures(f"list {prefix}"):
             for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
                 out.extend(page.get("Contents", []))
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
-            raise StoreError(f"store {self.uri}: cannot list {prefix} ({_reason(e)})") from e
         return out
 
     def _delete(self, key: str) -> None:
-        try:
+        with self._failures(f"delete {key}"):
             self.s3.delete_object(Bucket=self.bucket, Key=key)
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
-            raise StoreError(f"store {self.uri}: cannot delete {key} ({_reason(e)})") from e
 
     def _read(self, key: str, call: Callable[[], Any]) -> Any | None:
-        """Run one read of `key`: None if the key does not exist, a StoreError if the store fails."""
-        try:
-            return call()
-        except botocore.exceptions.ClientError as e:
-            if e.response["Error"]["Code"] in ("NoSuchKey", "404"):
-                return None
-            raise StoreError(f"store {self.uri}: cannot read {key} ({_reason(e)})") from e
-        except botocore.exceptions.BotoCoreError as e:
-            raise StoreError(f"store {self.uri}: cannot read {key} ({_reason(e)})") from e
+        """Run one read of `key`: None if the key does not exist."""
+        with self._failures(f"read {key}"):
+            try:
+                return call()
+            except botocore.exceptions.ClientError as e:
+                if e.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                    return None
+                raise
 
     def _get(self, key: str) -> bytes | None:
         return self._read(key, lambda: self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
@@ -84,15 +88,14 @@ class S3Backend:
     def _put(self, key: str, body: bytes, create_only: bool = False) -> bool:
         """PUT `key`; with create_only, returns False instead of overwriting."""
         extra = {"IfNoneMatch": "*"} if create_only else {}
-        try:
-            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
-            return True
-        except botocore.exceptions.ClientError as e:
-            if create_only and e.response["Error"]["Code"] in ("PreconditionFailed", "412"):
-                return False
-            raise StoreError(f"store {self.uri}: cannot write {key} ({_reason(e)})") from e
-        except botocore.exceptions.BotoCoreError as e:
-            raise StoreError(f"store {self.uri}: cannot write {key} ({_reason(e)})") from e
+        with self._failures(f"write {key}"):
+            try:
+                self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
+                return True
+            except botocore.exceptions.ClientError as e:
+                if create_only and e.response["Error"]["Code"] in ("PreconditionFailed", "412"):
+                    return False
+                raise
 
     # --- blobs ---------------------------------------------------------------------------------------------------
 
