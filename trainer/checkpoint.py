@@ -43,9 +43,9 @@ class Checkpointing:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
         except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as e:  # damaged or not ours
             raise MaskError(f"{self.path}: not a readable mask-train checkpoint ({type(e).__name__})") from e
-        if saved.get("fingerprint") != self.fingerprint:
-            changed = sorted(k for k in {*self.fingerprint, *saved.get("fingerprint", {})}
-                             if self.fingerprint.get(k) != saved.get("fingerprint", {}).get(k))
+        theirs = saved.get("fingerprint", {})
+        if theirs != self.fingerprint:
+            changed = sorted(k for k in {*self.fingerprint, *theirs} if self.fingerprint.get(k) != theirs.get(k))
             raise MaskError(f"{self.path} is from a different run (differs in: {', '.join(changed)}); "
                             "resume with the same model, data and settings, or start without --resume")
         return TrainingState(**saved["state"])

@@ -93,13 +93,17 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
             parser.error("--resume needs --checkpoint FILE")
         if args.checkpoint_every < 1:
             parser.error("--checkpoint-every must be at least 1")
-        if args.checkpoint and (Path(args.checkpoint).is_dir() or not Path(args.checkpoint).parent.is_dir()):
-            parser.error(f"--checkpoint {args.checkpoint}: not a file in an existing folder")
+        if args.checkpoint:
+            _check_file_path(parser, "--checkpoint", args.checkpoint)
     if args.tag and not args.push:
         parser.error("--tag needs --push")
-    out = Path(args.out)
-    if out.is_dir() or not out.parent.is_dir():
-        parser.error(f"--out {out}: not a file in an existing folder")
+    _check_file_path(parser, "--out", args.out)
+
+
+def _check_file_path(parser: argparse.ArgumentParser, flag: str, path: str) -> None:
+    """A file this run will write: refused now, not after training, when its folder is missing."""
+    if Path(path).is_dir() or not Path(path).parent.is_dir():
+        parser.error(f"{flag} {path}: not a file in an existing folder")
 
 
 def _open_push_target(args: argparse.Namespace) -> Store | None:

@@ -235,10 +235,11 @@ def run_mft(model_dir: str | os.PathLike, names: list[str], data: str | os.PathL
     if config.eval_accuracy and unanswered:
         raise DataError(f"{unanswered[0]}: no \"answer\" (--eval-accuracy needs one on every eval record)")
     accuracy = bool(held_out) and not unanswered
+    data_hash = file_hash(data)
     checkpointing = start = None
     if checkpoint is not None:
         checkpointing = Checkpointing(Path(checkpoint), checkpoint_every,
-                                      fingerprint(config.describe(len(train)), file_hash(data), names))
+                                      fingerprint(config.describe(len(train)), data_hash, names))
         start = checkpointing.load() if resume else None  # a wrong checkpoint is refused before the model loads
 
     device, dtype = pick_device_dtype(config.dtype)
@@ -256,7 +257,7 @@ def run_mft(model_dir: str | os.PathLike, names: list[str], data: str | os.PathL
         **config.describe(len(train)),
         "dtype": str(dtype).removeprefix("torch."),
         "device": device.type,
-        "data": {"file": Path(data).name, "blake3": file_hash(data), "examples": len(train)},
+        "data": {"file": Path(data).name, "blake3": data_hash, "examples": len(train)},
         "train_loss": {"first": round(losses[0], 6), "final": round(losses[-1], 6)},
         "achieved_ratio": {"min": min(ratios), "max": max(ratios)},
         "train_seconds": round(train_seconds, 2),
