@@ -14,44 +14,13 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(argv: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 600
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"server did not start, see {log}")
-        time.sleep(0.5)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=120)
 
 
 async def one(client: httpx.AsyncClient, url: str, body: dict) -> tuple[float | None, int]:
@@ -103,6 +72,7 @@ def main() -> None:
     from mask_store.format import save_mask
     from mask_store.store import Store
     from runtime.requests import CPU_KV_CACHE_BYTES
+    from serve.launch import free_port, start, stop, wait_healthy
     from trainer.baselines import baseline_mask
 
     model = Path(args.model) if args.model else default_model_dir()
@@ -125,7 +95,7 @@ def main() -> None:
                                       "--ab-db", str(work / "ab.sqlite")])):
             port = free_port()
             servers[label] = (f"http://127.0.0.1:{port}", start([*argv, "--port", str(port)], work / f"{label}.log"))
-            wait_ready(servers[label][0], servers[label][1], work / f"{label}.log")  # one at a time: less contention
+            wait_healthy(servers[label][0], servers[label][1], work / f"{label}.log")  # one at a time: less contention
         runs = {"plain": [], "ours": []}
         for round_ in range(args.rounds + 1):  # round 0 warms both up
             for label in (("plain", "ours") if round_ % 2 else ("ours", "plain")):

@@ -12,12 +12,9 @@
 import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 EXPERIMENTS = """experiments:
@@ -37,12 +34,6 @@ def run(*argv: str) -> None:
     subprocess.run(argv, check=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", help="folder for everything the demo makes (default: a new temp folder)")
@@ -54,6 +45,7 @@ def main() -> None:
     import openai
 
     from mask_store.default_model import default_model_dir
+    from serve.launch import free_port, start, stop, wait_healthy
     from trainer.data import exact_match
 
     work = Path(args.work or tempfile.mkdtemp(prefix="maskserve-demo-"))
@@ -79,24 +71,15 @@ def main() -> None:
     (work / "experiments.yaml").write_text(EXPERIMENTS)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(work / "server.log", "w")
-    server = subprocess.Popen(
+    server = start(
         ["mask-serve", "--model", str(model), "--served-model-name", "smollm2", "--store", store, "--port",
          str(port), "--experiments", str(work / "experiments.yaml"), "--ab-db", str(work / "ab.sqlite"),
          "--max-model-len", "2048"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        work / "server.log",
     )
     print(f"mask-serve starting on {url} (log: {work / 'server.log'})", flush=True)
     try:
-        while True:  # poll until ready
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None:
-                raise SystemExit(f"mask-serve exited; see {work / 'server.log'}")
-            time.sleep(1)
+        wait_healthy(url, server, work / "server.log")
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="demo")
         print("models:", ", ".join(m.id for m in client.models.list()))
 
@@ -129,9 +112,7 @@ def main() -> None:
             httpx.post(f"{url}/v1/feedback", json={"id": response.id, "score": score}).raise_for_status()
         run("mask-serve", "ab", "report", "math-ab", "--db", str(work / "ab.sqlite"))
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=120)
-        log.close()
+        stop(server)
     print(f"\ndone; everything is in {work}")
 
 

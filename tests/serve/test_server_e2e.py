@@ -1,12 +1,7 @@
 """`mask-serve` end to end: a real server on loopback, the official openai client, outputs checked against the
 runtime engine run directly. Slow: starts two vLLM engines."""
 
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 
 import httpx
 import openai
@@ -16,6 +11,7 @@ from vllm import SamplingParams
 from mask_store.store import Store
 from runtime.reference import load_model
 from serve.cli import main as serve_cli
+from serve.launch import free_port, start, stop, wait_healthy
 from tests.runtime.helpers import make_mask
 from tests.tiny import make_tiny_model
 
@@ -24,12 +20,6 @@ pytestmark = pytest.mark.slow
 ENGINE_ARGS = ["--dtype", "float32", "--max-model-len", "512", "--seed", "0"]
 PROMPT = "Once upon a time, in a land of masks,"
 MESSAGES = [{"role": "user", "content": "Tell me about masks."}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,33 +31,21 @@ def world(tiny_model, tmp_path_factory):
                    tags=["prod"])
     other = make_tiny_model(root / "other", seed=5)
     store.push(make_mask(other, root / "foreign.mask"), "foreign")
-    port = _free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
+    port = free_port()
+    proc = start(
         [sys.executable, "-m", "serve.cli", "--model", str(tiny_model), "--store", store.uri, "--port", str(port),
          "--ab-db", str(root / "ab.sqlite"), "--resolve-ttl", "0", *ENGINE_ARGS],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        root / "server.log",
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:  # wait for readiness: poll /health until the server answers
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"mask-serve did not start:\n{(root / 'server.log').read_text()[-4000:]}")
-        time.sleep(0.5)
+    wait_healthy(url, proc, root / "server.log", timeout_s=300)
     from runtime.engine import Engine
 
     engine = Engine(tiny_model, store, dtype="float32", max_model_len=512, seed=0)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
     yield {"client": client, "engine": engine, "store": store, "url": url, "root": root, "model": tiny_model}
     engine.llm.llm_engine.engine_core.shutdown()
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=60)
-    log.close()
+    stop(proc, timeout_s=60)
 
 
 def expected(world, mask, prompt=PROMPT, max_tokens=12):
