@@ -1,9 +1,9 @@
-"""The masks a model holds in memory: decoded, turned into per-layer deltas, installed, evicted.
+"""The masks a model holds: the one owner of which mask sits in which slot of the SlotTable.
 
-One bank serves one base model. Loading a mask checks its base id (a mask never applies to a base it was not
-trained on), decodes it, gathers its removed weight values into one sparse D per layer and installs them in the
-`MaskedLinear` layers. Masks are evicted least-recently-used first when the bank would exceed its byte budget;
-pinned masks and masks in use by a running request are never evicted.
+Loading a mask checks its base id (a mask never applies to a base it was not trained on) and that its tensors are
+the model's (names and shapes), decodes it, gathers the weights it removes into one sparse D per layer and writes
+them into a free slot, or into the least recently used slot whose mask is neither pinned nor protected (named by a
+request the engine holds, or one the API side has in flight). Nothing here runs inside a forward pass.
 """
 
 import time
@@ -18,31 +18,30 @@ from mask_store.errors import BankFull, BaseMismatch
 from mask_store.format import read_mask_file
 from mask_store.mask import Mask
 
-from .deltas import csr_nbytes
-from .masked_linear import MaskedLinear
+from .slots import ENTRY_BYTES, SlotTable
 
 
 @dataclass
 class LoadedMask:
     digest: str
-    nbytes: int
+    slot: int
+    entries: int  # removed weights held in the slot
     load_ms: float
     pinned: bool
-    modules: tuple[str, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return self.entries * ENTRY_BYTES
 
 
 class MaskBank:
-    def __init__(
-        self,
-        base_id: str,
-        layers: dict[str, MaskedLinear],
-        build: Callable[[Mask], dict[str, torch.Tensor]],
-        budget_bytes: int,
-    ):
+    def __init__(self, base_id: str, table: SlotTable, layer_index: dict[str, int],
+                 build: Callable[[Mask], dict[str, torch.Tensor]], check: Callable[[object, str], None]):
         self.base_id = base_id
-        self.layers = layers
-        self.build = build  # mask -> {module name: D}, see deltas.build_deltas
-        self.budget_bytes = budget_bytes
+        self.table = table
+        self.layer_index = layer_index  # module name -> its layer in the table
+        self.build = build  # mask -> {module name: CSR D}, see deltas.build_deltas
+        self.check = check  # (mask header, what) -> None, raises if the mask's tensors are not the model's
         self.loaded: OrderedDict[str, LoadedMask] = OrderedDict()  # least recently used first
 
     def __contains__(self, digest: str) -> bool:
@@ -51,18 +50,11 @@ class MaskBank:
     def __len__(self) -> int:
         return len(self.loaded)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(m.nbytes for m in self.loaded.values())
+    def slot_of(self, digest: str) -> int:
+        return self.loaded[digest].slot
 
-    def load(
-        self, path: str | Path, pin: bool = False, in_use: Iterable[str] = (), over_budget: bool = False
-    ) -> LoadedMask:
-        """Load the mask file at `path` (a no-op if its digest is loaded; `pin` can only be added).
-
-        `over_budget`: when no room can be made, load anyway instead of raising BankFull. For a request the engine
-        has already scheduled: refusing there could only take the engine down; the next load makes room again.
-        """
+    def load(self, path: str | Path, pin: bool = False, protect: Iterable[str] = ()) -> LoadedMask:
+        """Load the mask file at `path` (a no-op if its digest is loaded; `pin` can only be added)."""
         started = time.perf_counter()
         mask_file = read_mask_file(path)
         digest = mask_file.digest
@@ -70,14 +62,14 @@ class MaskBank:
             self.loaded[digest].pinned |= pin
             self.touch([digest])
             return self.loaded[digest]
+        what = f"mask {digest[:12]}"
         if mask_file.header.base_id != self.base_id:
-            raise BaseMismatch(f"mask {digest[:12]}", mask_file.header.base_id, self.base_id)
-        deltas = self.build(mask_file.decode())
-        nbytes = sum(csr_nbytes(d) for d in deltas.values())
-        self._make_room(nbytes, set(in_use), over_budget)
-        for module, delta in deltas.items():
-            self.layers[module].deltas[digest] = delta
-        entry = LoadedMask(digest, nbytes, 1e3 * (time.perf_counter() - started), pin, tuple(deltas))
+            raise BaseMismatch(what, mask_file.header.base_id, self.base_id)
+        self.check(mask_file.header, what)
+        deltas = {self.layer_index[m]: d for m, d in self.build(mask_file.decode()).items()}
+        slot = self._free_slot(set(protect))
+        entries = self.table.write(slot, deltas, what)
+        entry = LoadedMask(digest, slot, entries, 1e3 * (time.perf_counter() - started), pin)
         self.loaded[digest] = entry
         return entry
 
@@ -85,8 +77,7 @@ class MaskBank:
         entry = self.loaded.pop(digest, None)
         if entry is None:
             return False
-        for module in entry.modules:
-            self.layers[module].deltas.pop(digest, None)
+        self.table.clear(entry.slot)
         return True
 
     def touch(self, digests: Iterable[str]) -> None:
@@ -94,27 +85,26 @@ class MaskBank:
             if digest in self.loaded:
                 self.loaded.move_to_end(digest)
 
-    def _make_room(self, nbytes: int, in_use: set[str], over_budget: bool) -> None:
-        if nbytes > self.budget_bytes and not over_budget:
-            raise BankFull(f"mask needs {nbytes:,} bytes, more than the mask memory budget {self.budget_bytes:,}")
-        for digest in list(self.loaded):
-            if self.nbytes + nbytes <= self.budget_bytes:
-                return
-            entry = self.loaded[digest]
-            if not entry.pinned and digest not in in_use:
+    def _free_slot(self, protect: set[str]) -> int:
+        used = {m.slot for m in self.loaded.values()}
+        free = [s for s in range(self.table.num_slots) if s not in used]
+        if free:
+            return free[0]
+        for digest, entry in self.loaded.items():  # least recently used first
+            if not entry.pinned and digest not in protect:
                 self.unload(digest)
-        if self.nbytes + nbytes > self.budget_bytes and not over_budget:
-            raise BankFull(
-                f"mask needs {nbytes:,} bytes; {self.nbytes:,} of {self.budget_bytes:,} are pinned or in use"
-            )
+                return entry.slot
+        raise BankFull(f"all {self.table.num_slots} mask slots hold pinned masks or masks in use; retry later")
 
     def status(self) -> dict:
         return {
             "base_id": self.base_id,
-            "budget_bytes": self.budget_bytes,
-            "used_bytes": self.nbytes,
+            "slots": self.table.num_slots,
+            "slot_bytes": self.table.config.slot_entries * ENTRY_BYTES,
+            "used_bytes": sum(m.nbytes for m in self.loaded.values()),
             "masks": [
-                {"digest": m.digest, "bytes": m.nbytes, "pinned": m.pinned, "load_ms": round(m.load_ms, 2)}
+                {"digest": m.digest, "slot": m.slot, "bytes": m.nbytes, "pinned": m.pinned,
+                 "load_ms": round(m.load_ms, 2)}
                 for m in self.loaded.values()
             ],
         }

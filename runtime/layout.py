@@ -15,6 +15,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mask_store.errors import MaskError
+
+HF_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+VLLM_PROJECTIONS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")  # vLLM's fused layers
+
+
+class IncompatibleMask(MaskError):
+    """A mask whose tensors are not the served model's (names or shapes): it cannot apply, whatever its base id."""
+
+    status = 422
+
 _WEIGHT = re.compile(r"(?P<prefix>.*layers\.\d+\.)(?P<block>self_attn|mlp)\.(?P<proj>\w+)_proj\.weight")
 
 
@@ -27,6 +38,7 @@ class ModelShape:
     num_heads: int
     num_kv_heads: int
     head_dim: int
+    num_layers: int
 
     @classmethod
     def from_config(cls, config) -> "ModelShape":
@@ -37,7 +49,33 @@ class ModelShape:
             num_heads=heads,
             num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
             head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            num_layers=config.num_hidden_layers,
         )
+
+    def hf_shapes(self) -> dict[str, tuple[int, int]]:
+        """Every decoder projection weight a mask may name, with its (out, in) shape."""
+        q, kv, hidden, inter = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, \
+            self.hidden_size, self.intermediate_size
+        per_layer = {"self_attn.q_proj": (q, hidden), "self_attn.k_proj": (kv, hidden), "self_attn.v_proj": (kv, hidden),
+                     "self_attn.o_proj": (hidden, q), "mlp.gate_proj": (inter, hidden), "mlp.up_proj": (inter, hidden),
+                     "mlp.down_proj": (hidden, inter)}
+        return {f"model.layers.{i}.{name}.weight": shape
+                for i in range(self.num_layers) for name, shape in per_layer.items()}
+
+
+def check_mask_tensors(tensors, expected: dict[str, tuple[int, ...]], what: str) -> None:
+    """Refuse a mask (its header's tensor entries: .name, .shape) that names a tensor the model lacks or a wrong shape.
+
+    Run before any worker decodes the mask, and again in the worker: a mask that cannot apply must fail its own
+    request with a clear message, never raise inside the engine or apply to the wrong rows.
+    """
+    for tensor in tensors:
+        shape = expected.get(tensor.name)
+        if shape is None:
+            raise IncompatibleMask(f"{what} names {tensor.name!r}, which is not a masked projection of this model")
+        if tuple(tensor.shape) != tuple(shape):
+            raise IncompatibleMask(f"{what}: {tensor.name} has shape {list(tensor.shape)} in the mask, "
+                                   f"{list(shape)} in the model")
 
 
 @dataclass(frozen=True)

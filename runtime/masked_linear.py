@@ -1,86 +1,58 @@
-"""Per-request masks inside one batch: every row gets y = x W^T, then the rows of mask m get y_r -= x_r D_m^T.
+"""Masked linear layers: the base output for the whole batch, then the masked rows corrected by one custom op.
 
-`MaskedLinear` wraps a frozen linear layer (a plain `nn.Linear`, or vLLM's fused parallel layers, which return
-`(output, bias)`). The rows each mask owns in the current forward pass live in one shared `BatchMasks`, set once per
-step from an index tensor (one mask slot per token, -1 for the base model), so the layers themselves hold no
-per-request state, and a layer that no mask of the batch touches costs one check.
+    y = x W^T            every row, the frozen base layer as it is
+    y_r -= x_r D_s^T     rows whose slot s is not -1 (correction.py), D_s = the weights slot s removes
 
-D_m (see deltas.py) is sparse, so the correction costs about one multiply-add per removed weight per masked row.
-Non-goal: tensor parallelism above 1, where row-parallel layers would need their corrections all-reduced too.
+Two ways in, both a few lines and free of per-step Python state:
+- `MaskedLinear` swaps a plain `nn.Linear` (the transformers reference path), as gpt-fast and torchtune adapt models.
+- `MaskedApply` wraps a vLLM layer's `quant_method`, the way vLLM's LoRA layers do: the correction runs inside
+  `apply`, so a row-parallel layer corrects its shard's partial sum before vLLM's all-reduce, a column-parallel
+  layer its own output rows, and the layer module, its weights and its CPU repacking stay vLLM's own.
 """
 
-from dataclasses import dataclass, field
-
-import numpy as np
 import torch
 from torch import nn
 
-
-@dataclass
-class BatchMasks:
-    """Which rows of the current forward pass belong to which mask; rows of the base model appear nowhere.
-
-    `rows` lists every masked row, grouped by mask, so each group is one contiguous slice of it: the layers gather
-    the masked rows once and hand each mask a view, not a copy.
-    """
-
-    device: torch.device = torch.device("cpu")  # the model's
-    rows: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))  # (M,) all masked rows
-    groups: list[tuple[str, slice]] = field(default_factory=list)  # (digest, its slice of `rows`)
-
-    def clear(self) -> None:
-        self.rows = torch.empty(0, dtype=torch.long, device=self.device)
-        self.groups = []
-
-    def set_slots(self, token_slots: np.ndarray, digests: list[str]) -> None:
-        """token_slots: (T,) index into `digests` per token, -1 for the base model."""
-        order = np.argsort(token_slots, kind="stable")  # (T,) rows grouped by slot, base (-1) first
-        sorted_slots = token_slots[order]
-        first_masked = int(np.searchsorted(sorted_slots, 0))
-        self.rows = torch.from_numpy(order[first_masked:].astype(np.int64)).to(self.device)
-        slots, starts, counts = np.unique(sorted_slots[first_masked:], return_index=True, return_counts=True)
-        self.groups = [(digests[s], slice(int(a), int(a + n))) for s, a, n in zip(slots, starts, counts)]
-
-    def set_requests(self, request_digests: list[str | None], query_start_loc: np.ndarray) -> None:
-        """One digest (or None) per request, whose tokens are rows query_start_loc[i]:query_start_loc[i+1]."""
-        distinct = sorted({d for d in request_digests if d is not None})
-        slot_of = {d: i for i, d in enumerate(distinct)}
-        request_slots = np.array([slot_of.get(d, -1) for d in request_digests], dtype=np.int64)
-        self.set_slots(np.repeat(request_slots, np.diff(query_start_loc)), distinct)
+from .slots import SlotTable
 
 
 class MaskedLinear(nn.Module):
-    def __init__(self, base: nn.Module, batch: BatchMasks, returns_tuple: bool = False):
+    def __init__(self, base: nn.Linear, table: SlotTable, layer: int):
         super().__init__()
         self.base = base
-        self.batch = batch
-        self.returns_tuple = returns_tuple
-        self.deltas: dict[str, torch.Tensor] = {}  # digest -> D, CSR (out, in), fp32, on the batch's device
+        self.table = table
+        self.layer = layer  # index into the table's per-layer buffers
 
-    def forward(self, x: torch.Tensor):
-        out = self.base(x)
-        active = [(self.deltas[digest], group) for digest, group in self.batch.groups if digest in self.deltas]
-        if not active:  # no mask in this batch touches this layer
-            return out
-        y = out[0] if self.returns_tuple else out
-        x_rows = x.reshape(-1, x.shape[-1])  # (T, in)
-        y_rows = y.view(-1, y.shape[-1])  # (T, out)
-        rows = self.batch.rows  # (M,) every masked row, grouped by mask
-        xm = x_rows.index_select(0, rows).float()  # (M, in)
-        correction = torch.zeros(len(rows), y_rows.shape[1], device=y_rows.device)  # (M, out) fp32
-        for delta, group in active:
-            correction[group] = torch.sparse.mm(delta, xm[group].t()).t()  # (R, out) = x_r D^T
-        y_rows.index_copy_(0, rows, (y_rows.index_select(0, rows).float() - correction).to(y_rows.dtype))
-        return out
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)  # (..., out)
+        self.table.correct(y.view(-1, y.shape[-1]), x.reshape(-1, x.shape[-1]), self.layer)  # rows (T, out)
+        return y
 
 
-def wrap_linears(model: nn.Module, names: list[str], batch: BatchMasks, returns_tuple: bool) -> dict[str, MaskedLinear]:
-    """Replace the named submodules by MaskedLinear wrappers in place; returns them by name."""
+class MaskedApply:
+    """Stands in for a vLLM linear layer's quant_method; everything but `apply` is the wrapped method's."""
+
+    def __init__(self, base, table: SlotTable, layer: int):
+        self.base = base
+        self.table = table
+        self.layer = layer
+
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.base.apply(layer, x, bias)  # (T, out_local): a partial sum on row-parallel ranks
+        self.table.correct(y.view(-1, y.shape[-1]), x.reshape(-1, x.shape[-1]), self.layer)
+        return y
+
+    def __getattr__(self, name: str):
+        return getattr(self.base, name)
+
+
+def swap_linears(model: nn.Module, names: list[str], table_for) -> dict[str, MaskedLinear]:
+    """Replace the named nn.Linear submodules by MaskedLinear in place; `table_for(shapes)` builds the SlotTable."""
+    modules = [model.get_submodule(n) for n in names]
+    table = table_for([(m.out_features, m.in_features) for m in modules])
     wrapped = {}
-    for name in names:
+    for layer, (name, module) in enumerate(zip(names, modules)):
         parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        module = MaskedLinear(getattr(parent, child), batch, returns_tuple)
-        setattr(parent, child, module)
-        wrapped[name] = module
+        wrapped[name] = MaskedLinear(module, table, layer)
+        setattr(model.get_submodule(parent_name), child, wrapped[name])
     return wrapped

@@ -2,8 +2,8 @@
 
 `materialize` writes W * M into a model's weights; `token_logprobs` scores texts with it. `export_materialized`
 saves the result as a standalone checkpoint for users who want one (`mask-store export REF --materialize DIR`).
-`HFMaskedModel` runs the same per-request correction as the vLLM worker (MaskedLinear + MaskBank) on an unfused
-transformers model, so the batching maths is tested without an engine.
+`HFMaskedModel` runs the same per-request correction as the vLLM worker (slots, MaskBank, the correction op) on an
+unfused transformers model, so the batching maths is tested without an engine.
 """
 
 import shutil
@@ -20,10 +20,9 @@ from mask_store.mask import Mask
 
 from .bank import MaskBank
 from .deltas import CheckpointReader, build_deltas
-from .layout import hf_placement
-from .masked_linear import BatchMasks, wrap_linears
-
-_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from .layout import HF_PROJECTIONS, check_mask_tensors, hf_placement
+from .masked_linear import swap_linears
+from .slots import SlotConfig, SlotTable
 
 
 def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32):
@@ -75,23 +74,28 @@ def export_materialized(model_dir: str | Path, mask_path: str | Path, out_dir: s
 class HFMaskedModel:
     """A transformers model serving several masks at once, row by row, through the same bank as vLLM's worker."""
 
-    def __init__(self, model_dir: str | Path, budget_bytes: int = 1 << 30):
+    def __init__(self, model_dir: str | Path, max_masks: int = 4, budget_bytes: int = 1 << 28, max_tokens: int = 4096):
         self.model, self.tokenizer = load_model(model_dir)
-        self.batch = BatchMasks()
-        names = [n for n, _ in self.model.named_modules() if n.rsplit(".", 1)[-1] in _PROJECTIONS]
-        layers = wrap_linears(self.model, names, self.batch, returns_tuple=False)
+        names = [n for n, _ in self.model.named_modules() if n.rsplit(".", 1)[-1] in HF_PROJECTIONS]
+        config = SlotConfig.from_budget(max_masks, budget_bytes, max_tokens)
+        layers = swap_linears(self.model, names, lambda shapes: SlotTable(shapes, config, torch.device("cpu")))
+        self.table = next(iter(layers.values())).table
         reader = CheckpointReader(model_dir)
         shapes = {n: (m.base.out_features, m.base.in_features) for n, m in layers.items()}
+        expected = {f"{n}.weight": shape for n, shape in shapes.items()}
         self.bank = MaskBank(
-            base_id(model_dir), layers, lambda mask: build_deltas(mask, reader, hf_placement, shapes), budget_bytes
+            base_id(model_dir), self.table, {n: i for i, n in enumerate(names)},
+            lambda mask: build_deltas(mask, reader, hf_placement, shapes),
+            lambda header, what: check_mask_tensors(header.tensors, expected, what),
         )
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, row_digests: list[str | None]) -> torch.Tensor:
         """input_ids (B, T), one mask digest (or None) per row -> logits (B, T, vocab)."""
         b, t = input_ids.shape
-        self.batch.set_requests(row_digests, np.arange(b + 1) * t)
+        slots = np.array([-1 if d is None else self.bank.slot_of(d) for d in row_digests], dtype=np.int32)
+        self.table.route(np.repeat(slots, t))  # (B*T,) rows in the model's flattened order
         try:
             return self.model(input_ids).logits
         finally:
-            self.batch.clear()
+            self.table.route_base()

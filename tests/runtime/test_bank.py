@@ -1,7 +1,15 @@
+"""The bank: the one owner of which mask sits in which slot; LRU over slots, pinned and protected masks stay."""
+
+from dataclasses import replace
+
+import numpy as np
 import pytest
 
 from mask_store.errors import BankFull, BaseMismatch
+from mask_store.format import load_mask, save_mask
+from runtime.layout import IncompatibleMask
 from runtime.reference import HFMaskedModel
+from runtime.slots import MaskTooLarge
 from tests.tiny import make_tiny_model
 
 from .helpers import make_mask
@@ -13,47 +21,37 @@ def paths(tiny_model, tmp_path_factory):
     return [make_mask(tiny_model, out / f"{i}.mask", 0.2, "0-1", "all", seed=i) for i in range(4)]
 
 
-def _bank(tiny_model, budget):
-    return HFMaskedModel(tiny_model, budget_bytes=budget).bank
+def _bank(tiny_model, slots, budget=1 << 26):
+    return HFMaskedModel(tiny_model, max_masks=slots, budget_bytes=budget).bank
 
 
-def test_lru_eviction_within_budget(tiny_model, paths):
-    size = _bank(tiny_model, 1 << 30).load(paths[0]).nbytes
-    bank = _bank(tiny_model, 2 * size + size // 2)  # room for two
+def test_lru_eviction_over_slots(tiny_model, paths):
+    bank = _bank(tiny_model, 2)
     a, b = bank.load(paths[0]).digest, bank.load(paths[1]).digest
     bank.touch([a])  # b is now the least recently used
-    c = bank.load(paths[2]).digest
-    assert set(bank.loaded) == {a, c}
-    assert bank.nbytes <= bank.budget_bytes
-    # Unloading removes the deltas from every layer.
-    assert bank.unload(a) and all(a not in layer.deltas for layer in bank.layers.values())
+    c = bank.load(paths[2])
+    assert set(bank.loaded) == {a, c.digest}
+    assert c.slot == 1  # written in place into b's slot
+    # Unloading clears the slot in every layer.
+    slot = bank.slot_of(a)
+    assert bank.unload(a) and all(int(crow[slot].abs().sum()) == 0 for crow in bank.table.crow)
 
 
-def test_pinned_and_in_use_masks_are_not_evicted(tiny_model, paths):
-    size = _bank(tiny_model, 1 << 30).load(paths[0]).nbytes
-    bank = _bank(tiny_model, 2 * size + size // 2)
+def test_pinned_and_protected_masks_are_not_evicted(tiny_model, paths):
+    bank = _bank(tiny_model, 2)
     a = bank.load(paths[0], pin=True).digest
     b = bank.load(paths[1]).digest
-    with pytest.raises(BankFull, match="pinned or in use"):
-        bank.load(paths[2], in_use=[b])
+    with pytest.raises(BankFull, match="pinned masks or masks in use"):
+        bank.load(paths[2], protect=[b])
     c = bank.load(paths[2]).digest
     assert set(bank.loaded) == {a, c}
 
 
-def test_a_scheduled_request_reloads_its_mask_over_budget(tiny_model, paths):
-    # The worker's forward-time reload: refusing there would take the engine down.
-    size = _bank(tiny_model, 1 << 30).load(paths[0]).nbytes
-    bank = _bank(tiny_model, size + size // 2)
-    a = bank.load(paths[0], pin=True).digest
-    b = bank.load(paths[1], over_budget=True).digest
-    assert set(bank.loaded) == {a, b} and bank.nbytes > bank.budget_bytes
-    c = bank.load(paths[2], over_budget=True).digest  # b is evictable, so room is still made first
-    assert set(bank.loaded) == {a, c}
-
-
-def test_a_mask_larger_than_the_budget_is_refused(tiny_model, paths):
-    with pytest.raises(BankFull, match="more than the mask memory budget"):
-        _bank(tiny_model, 1000).load(paths[0])
+def test_a_mask_larger_than_a_slot_is_refused(tiny_model, paths):
+    bank = _bank(tiny_model, 2, budget=1000)
+    with pytest.raises(MaskTooLarge, match="a slot holds"):
+        bank.load(paths[0])
+    assert len(bank) == 0
 
 
 def test_mask_for_another_base_is_refused(tiny_model, tmp_path, paths):
@@ -64,7 +62,26 @@ def test_mask_for_another_base_is_refused(tiny_model, tmp_path, paths):
     assert len(bank) == 0
 
 
+def test_mask_whose_tensors_are_not_the_models_is_refused(tiny_model, tmp_path, paths):
+    """Same base id, other names or shapes (a same-size wrong shape used to load silently): never decoded."""
+    bank = _bank(tiny_model, 2)
+    mask = load_mask(paths[0])
+    name, tensor = next(iter(mask.tensors.items()))
+    cases = {
+        "renamed": {**mask.tensors, name.replace("layers.0", "layers.99"): tensor},
+        "transposed": {**mask.tensors, name: type(tensor)(tensor.shape[::-1], tensor.removed)},
+        "same size": {**mask.tensors, name: type(tensor)((tensor.shape[0] * 2, tensor.shape[1] // 2), tensor.removed)},
+    }
+    for case, tensors in cases.items():
+        path = tmp_path / f"{case.replace(' ', '_')}.mask"
+        save_mask(replace(mask, tensors=tensors), path)
+        with pytest.raises(IncompatibleMask):
+            bank.load(path)
+    assert len(bank) == 0
+
+
 def test_loading_twice_is_a_no_op(tiny_model, paths):
-    bank = _bank(tiny_model, 1 << 30)
+    bank = _bank(tiny_model, 2)
     first = bank.load(paths[0])
     assert bank.load(paths[0], pin=True) is first and first.pinned
+    assert np.count_nonzero([m.pinned for m in bank.loaded.values()]) == 1

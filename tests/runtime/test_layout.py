@@ -46,7 +46,7 @@ def _dense(entries):
 
 @pytest.mark.parametrize("heads, kv_heads, tp", [(4, 4, 1), (4, 2, 1), (4, 4, 2), (4, 2, 2), (4, 2, 4), (4, 1, 4)])
 def test_shards_recompute_the_unsharded_layers(heads, kv_heads, tp):
-    shape = ModelShape(hidden_size=8, intermediate_size=12, num_heads=heads, num_kv_heads=kv_heads, head_dim=2)
+    shape = ModelShape(hidden_size=8, intermediate_size=12, num_heads=heads, num_kv_heads=kv_heads, head_dim=2, num_layers=1)
     rng = np.random.default_rng(0)
     hf, ranks = shards(shape, tp, rng)
     x = rng.standard_normal((3, shape.hidden_size))
@@ -75,7 +75,7 @@ def test_shards_recompute_the_unsharded_layers(heads, kv_heads, tp):
 
 
 def test_uneven_split_is_refused():
-    shape = ModelShape(hidden_size=8, intermediate_size=10, num_heads=3, num_kv_heads=3, head_dim=2)
+    shape = ModelShape(hidden_size=8, intermediate_size=10, num_heads=3, num_kv_heads=3, head_dim=2, num_layers=1)
     with pytest.raises(ValueError, match="evenly"):
         vllm_placement(f"{PREFIX}self_attn.q_proj.weight", shape, 0, 2)
 

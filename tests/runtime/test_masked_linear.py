@@ -7,7 +7,6 @@ import torch
 from mask_store.format import load_mask
 from runtime.inplace import mask_in_place
 from runtime.layout import hf_placement
-from runtime.masked_linear import BatchMasks
 from runtime.reference import HFMaskedModel, load_model, materialize
 
 from .helpers import make_mask
@@ -48,7 +47,7 @@ def test_masks_change_the_model(oracle_logits, masks):
 
 def test_mixed_batch_matches_each_rows_materialized_model(tiny_model, masks, oracle_logits):
     ids, expected = oracle_logits
-    served = HFMaskedModel(tiny_model)
+    served = HFMaskedModel(tiny_model, max_masks=len(masks))
     digests = {path: served.bank.load(path).digest for path in masks}
     rng = np.random.default_rng(0)
     for _ in range(4):
@@ -75,13 +74,3 @@ def test_in_place_path_matches_and_restores_exactly(tiny_model, masks, oracle_lo
         torch.testing.assert_close(model(ids).logits, expected[masks[index]], atol=1e-5, rtol=1e-5)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
-
-
-def test_batch_masks_groups_rows_by_request():
-    batch = BatchMasks()
-    batch.set_requests(["b", None, "a", "b"], np.array([0, 2, 3, 7, 8]))
-    groups = {d: sorted(batch.rows[s].tolist()) for d, s in batch.groups}
-    assert groups == {"a": [3, 4, 5, 6], "b": [0, 1, 7]}
-    assert sorted(batch.rows.tolist()) == [0, 1, 3, 4, 5, 6, 7]
-    batch.set_requests([None, None], np.array([0, 1, 5]))
-    assert batch.groups == [] and len(batch.rows) == 0

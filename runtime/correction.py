@@ -1,0 +1,103 @@
+"""The masked-row correction as one registered custom op: `y[t] -= x[t] @ D_{slot[t]}^T` for every row t whose slot
+is not -1, in place, where D_s holds the weights mask slot s removes from this layer.
+
+Why an op: torch.compile treats it as opaque (it is traced once, by its fake implementation, and never inlined),
+and it takes only tensors that live for the whole run (the step's token->slot buffer and the slot table's pools),
+so a compiled graph or a captured CUDA graph replays it correctly under any later mapping. Same idea as vLLM's
+punica ops (`vllm/lora/ops/`): a pure-torch reference beside each fast implementation, checked against each other.
+
+Arguments (S slots, P pool entries per slot, T rows, N >= T buffer length):
+    y      (T, out)     the layer's base output on this rank, corrected in place
+    x      (T, in)      the layer's input
+    slots  (N,) int32   slot of each row (-1: base); only the first T are read
+    crow   (S, out+1)   int32: this layer's rows of slot s are pool entries seg[s] + crow[s, r] .. seg[s] + crow[s, r+1]
+    seg    (S,) int64   where this layer's segment starts in each slot's pool
+    cols   (S, P) int32 column (input feature) of each removed weight
+    vals   (S, P) fp32  its value
+    layer  int          a process-unique layer id whose prebuilt CSR views the CPU kernel uses (-1: build them)
+"""
+
+import itertools
+import warnings
+
+import numpy as np
+import torch
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+_layer_ids = itertools.count()
+_VIEWS: dict[int, list[torch.Tensor | None]] = {}  # layer id -> per slot, a CSR view into the pools (or None)
+
+
+def new_layer_id(num_slots: int) -> int:
+    """A layer id for the CPU kernel's cache; ids are never reused, so two slot tables never share views."""
+    layer = next(_layer_ids)
+    _VIEWS[layer] = [None] * num_slots
+    return layer
+
+
+def set_view(layer: int, slot: int, view: torch.Tensor | None) -> None:
+    _VIEWS[layer][slot] = view
+
+
+def csr_view(crow: torch.Tensor, seg: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, slot: int,
+             shape: tuple[int, int]) -> torch.Tensor:
+    """D_slot of one layer as a CSR tensor sharing the pools' memory (no copy)."""
+    start, nnz = int(seg[slot]), int(crow[slot, -1])
+    return torch.sparse_csr_tensor(crow[slot], cols[slot, start:start + nnz], vals[slot, start:start + nnz],
+                                   size=shape, check_invariants=False)
+
+
+@torch.library.custom_op("maskserve::masked_correction", mutates_args=("y",))
+def masked_correction(y: torch.Tensor, x: torch.Tensor, slots: torch.Tensor, crow: torch.Tensor, seg: torch.Tensor,
+                      cols: torch.Tensor, vals: torch.Tensor, layer: int) -> None:
+    """Any device: the reference implementation (registered kernels take over where they exist)."""
+    reference_correction(y, x, slots, crow, seg, cols, vals)
+
+
+@masked_correction.register_fake
+def _(y, x, slots, crow, seg, cols, vals, layer) -> None:
+    return None
+
+
+def reference_correction(y, x, slots, crow, seg, cols, vals) -> None:
+    """Pure torch, dense D per slot: slow and obviously right; the oracle for every other implementation."""
+    n_rows, n_out = y.shape
+    row_slots = slots[:n_rows].long()  # (T,)
+    xf = x.float()  # (T, in)
+    for s in range(crow.shape[0]):
+        nnz = int(crow[s, -1])
+        start = int(seg[s])
+        out_rows = torch.repeat_interleave(torch.arange(n_out, device=y.device), torch.diff(crow[s].long()))  # (nnz,)
+        dense = torch.zeros(n_out, x.shape[1], device=y.device)  # (out, in) D_s
+        dense[out_rows, cols[s, start:start + nnz].long()] = vals[s, start:start + nnz].float()
+        correction = xf @ dense.T  # (T, out)
+        y.sub_((correction * (row_slots == s)[:, None]).to(y.dtype))
+
+
+@masked_correction.register_kernel("cpu")
+def _cpu(y, x, slots, crow, seg, cols, vals, layer) -> None:
+    """CPU: group the masked rows by slot and run MKL's sparse product once per slot present in the step.
+
+    Branching on the step's data is fine here: the op is opaque to torch.compile and CPUs capture no graphs.
+    """
+    row_slots = slots[: y.shape[0]].numpy()  # (T,)
+    masked = np.flatnonzero(row_slots >= 0)
+    if not len(masked):
+        return
+    order = masked[np.argsort(row_slots[masked], kind="stable")]  # (M,) masked rows grouped by slot
+    present, starts, counts = np.unique(row_slots[order], return_index=True, return_counts=True)
+    shape = (y.shape[1], x.shape[1])
+    views = _VIEWS[layer] if layer >= 0 else [
+        csr_view(crow, seg, cols, vals, s, shape) if int(crow[s, -1]) else None for s in range(crow.shape[0])
+    ]
+    groups = [(views[s], a, n) for s, a, n in zip(present.tolist(), starts.tolist(), counts.tolist())
+              if views[s] is not None]  # slots whose mask leaves this layer alone cost nothing
+    if not groups:
+        return
+    rows = torch.from_numpy(order)
+    xm = x.index_select(0, rows).float()  # (M, in)
+    correction = torch.zeros(len(rows), y.shape[1])  # (M, out) fp32
+    for d, a, n in groups:
+        correction[a:a + n] = torch.sparse.mm(d, xm[a:a + n].t()).t()  # (R, out) = x_r D_s^T
+    y.index_copy_(0, rows, (y.index_select(0, rows).float() - correction).to(y.dtype))
