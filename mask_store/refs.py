@@ -19,6 +19,7 @@ RESERVED_NAMES = frozenset({"base", "ab"})
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _TAG = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,127}")
 _DIGEST_PREFIX = re.compile(r"[0-9a-f]{12,64}")
+_VERSION = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit and int() also take "١" and "²"
 
 
 def check_name(name: str) -> str:
@@ -55,8 +56,8 @@ class MaskRef:
             return cls(None, digest_prefix=text)
         if "@" in text:
             name, _, version = text.partition("@")
-            if not version.isdigit() or int(version) < 1:
-                raise InvalidRef(f"invalid ref {text!r}: the version after '@' is a number from 1")
+            if not _VERSION.fullmatch(version) or int(version) < 1:
+                raise InvalidRef(f"invalid ref {text!r}: the version after '@' is a number from 1 in ASCII digits 0-9")
             return cls(check_name(name), version=int(version))
         if ":" in text:
             name, _, tag = text.partition(":")

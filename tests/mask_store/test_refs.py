@@ -37,3 +37,18 @@ def test_parser_either_parses_or_raises_invalid_ref(text):
         assert str(e)
         return
     assert MaskRef.parse(str(ref)) == ref
+
+
+@pytest.mark.parametrize("text", ["math@١", "math@١٢", "x@²", "math@１", "math@𝟙", "math@1\u0663", "math@" + "9" * 5000])
+def test_versions_are_ascii_digits_only(text):
+    """str.isdigit and int() take Arabic-Indic, superscript and fullwidth digits; a ref must not."""
+    with pytest.raises(InvalidRef, match="version"):
+        MaskRef.parse(text)
+
+
+@given(st.text(alphabet=st.characters(categories=["Nd", "No"]), min_size=1, max_size=6))
+def test_a_version_in_any_other_digits_is_refused(digits):
+    if digits.isascii():
+        return
+    with pytest.raises(InvalidRef):
+        MaskRef.parse(f"math@{digits}")
