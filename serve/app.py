@@ -6,9 +6,14 @@ mask middlewares. Everything else (chat templates, streaming, logprobs, tool par
 """
 
 import json
+import logging
+import uuid
 from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+from vllm import SamplingParams
 
 from vllm.entrypoints.launchers.api_server.app_state import init_app_state
 from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
@@ -26,6 +31,8 @@ from .masks import MaskService
 from .middleware import MaskMiddleware
 from .router import router
 
+logger = logging.getLogger("maskserve.serve")
+
 
 @dataclass(frozen=True)
 class MaskServeConfig:
@@ -36,8 +43,9 @@ class MaskServeConfig:
     admin_key: str | None  # admin routes need it when set; without it, only a loopback-bound server has them
     experiments_file: str | None  # YAML or JSON experiments to start with
     ab_db: str  # SQLite file of the A/B log
-    mask_memory_bytes: int  # the workers' mask bank budget
+    tensor_shapes: dict[str, tuple[int, ...]]  # every projection a mask may name, with its shape (layout.py)
     resolve_ttl_s: float  # how long a REF -> version resolution is reused
+    canary: bool = True  # probe the engine under a synthetic mask before serving (runtime/canary.py)
 
 
 def open_experiments(config: MaskServeConfig) -> tuple[Experiments, ABLog]:
@@ -56,8 +64,13 @@ async def install(app, engine_client, served_names: list[str], host: str | None,
                   experiments: Experiments, ablog: ABLog) -> None:
     """Add maskserve to a vLLM app whose state `init_app_state` has filled."""
     service = MaskService(engine_client, Store(config.store), config.model_dir, config.base_id, served_names[0],
-                          config.resolve_ttl_s)
-    await service.setup(config.mask_memory_bytes)
+                          config.tensor_shapes, config.resolve_ttl_s)
+    await service.setup()
+    if config.canary:
+        dtype = str(engine_client.model_config.dtype).removeprefix("torch.")
+        report = await service.run_canary(engine_client.model_config.hf_config, dtype,
+                                          lambda ids, served: _prompt_logprobs(engine_client, service.key, ids, served))
+        logger.info("start-up canary passed: %s", report)
     app.state.masks, app.state.experiments, app.state.ablog = service, experiments, ablog
     app.include_router(router)
     # build_app's SageMaker bootstrap already built Starlette's middleware stack; no request has been served, so
@@ -66,6 +79,19 @@ async def install(app, engine_client, served_names: list[str], host: str | None,
     app.add_middleware(MaskMiddleware, service=service, experiments=experiments, ablog=ablog,
                        base_names=served_names)
     app.add_middleware(AuthMiddleware, api_keys=config.api_keys, admin_key=config.admin_key, host=host)
+
+
+async def _prompt_logprobs(engine_client, key: str, token_ids: list[int], served) -> np.ndarray:
+    """log p(token_i | tokens_<i) of a prompt through the engine client, under a mask (or the base)."""
+    prompt = {"prompt_token_ids": token_ids}
+    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+    if served is not None:
+        prompt["cache_salt"] = served.cache_salt(key)
+        params.extra_args = served.extra_args(key)
+    final = None
+    async for output in engine_client.generate(prompt, params, request_id=f"maskserve-canary-{uuid.uuid4().hex}"):
+        final = output
+    return np.array([lp[t].logprob for t, lp in zip(token_ids[1:], final.prompt_logprobs[1:])])
 
 
 async def run(args: Namespace, config: MaskServeConfig) -> None:

@@ -1,11 +1,12 @@
 """`mask-serve`: vLLM's OpenAI server for one base model, with per-request masks, A/B experiments and keys.
 
     mask-serve [--model DIR] [--store URI] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--admin-key KEY]
-               [--experiments FILE] [--mask-memory 1GiB] [any vLLM engine or server option]
+               [--experiments FILE] [--max-masks 8] [--mask-memory 1GiB] [any vLLM engine or server option]
     mask-serve ab report NAME [--db FILE] [--json]
 
-Every vLLM option works as it does for `vllm serve`; maskserve forces `--enforce-eager` (the per-request mask
-correction runs eager Python in the forward pass) and sets the worker extension.
+Every vLLM option works as it does for `vllm serve`, vLLM's default compilation included. maskserve sets the worker
+extension and its model loader (which wraps the `--load-format` you choose), and, unless you pass `--dtype`, the
+dtype that is fast on this machine (runtime/requests.py). Before serving, a canary checks that masks apply.
 """
 
 import argparse
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from mask_store.errors import MaskError
+from runtime.requests import DEFAULT_MAX_MASKS
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 
@@ -63,12 +65,51 @@ def build_parser():
     ours.add_argument("--store", default=None, help="mask store URI (default: $MASK_STORE or the local cache store)")
     ours.add_argument("--admin-key", default=None, help="key for /v1/masks and /v1/experiments")
     ours.add_argument("--experiments", default=None, help="YAML or JSON file of A/B experiments")
+    ours.add_argument("--max-masks", type=int, default=DEFAULT_MAX_MASKS,
+                      help="masks resident at once per worker, like --max-loras (LRU beyond; default %(default)s)")
     ours.add_argument("--mask-memory", type=parse_size, default=parse_size("1GiB"),
-                      help="memory for loaded masks per worker (LRU beyond it; default 1GiB)")
+                      help="memory for the resident masks per worker, split evenly over --max-masks slots "
+                           "(default 1GiB)")
     ours.add_argument("--ab-db", default=default_ab_db(), help="SQLite file of the A/B log (default: %(default)s)")
     ours.add_argument("--resolve-ttl", type=float, default=1.0,
                       help="seconds a REF resolution is reused before the store is asked again")
     return parser
+
+
+def model_tensor_shapes(model_dir: str) -> dict[str, tuple[int, ...]]:
+    from transformers import AutoConfig
+
+    from runtime.layout import ModelShape
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError) as e:
+        raise MaskError(f"cannot read the model config in {model_dir}: {e}") from e
+    return ModelShape.from_config(config).hf_shapes()
+
+
+def apply_engine_defaults(args) -> None:
+    """What runtime.requests.default_engine_args sets, applied to vLLM's parsed CLI arguments; the user's win."""
+    from runtime import vllm_compat
+    from runtime.requests import default_engine_args
+
+    vllm_compat.prefer_v1_runner()
+    user = {"load_format": args.load_format, "model_loader_extra_config": args.model_loader_extra_config,
+            "additional_config": args.additional_config}
+    if args.dtype != "auto":
+        user["dtype"] = args.dtype
+    defaults = default_engine_args(args.max_masks, args.mask_memory, **user)
+    args.worker_extension_cls = defaults["worker_extension_cls"]
+    args.load_format = defaults["load_format"]
+    args.model_loader_extra_config = defaults["model_loader_extra_config"]
+    args.additional_config = defaults["additional_config"]
+    args.dtype = defaults["dtype"]
+    if args.enable_prefix_caching is None:
+        args.enable_prefix_caching = True
+    if args.kv_cache_memory_bytes is None and "kv_cache_memory_bytes" in defaults:
+        args.kv_cache_memory_bytes = defaults["kv_cache_memory_bytes"]
+    if "compilation_config" in defaults and not args.enforce_eager:
+        args.compilation_config.cudagraph_mode = args.compilation_config.cudagraph_mode or "PIECEWISE"
 
 
 def serve_main(argv: Sequence[str]) -> int:
@@ -79,8 +120,6 @@ def serve_main(argv: Sequence[str]) -> int:
     from mask_store.default_model import default_model_dir
     from mask_store.identity import base_id
     from mask_store.paths import default_store_uri
-    from runtime.requests import default_engine_args
-
     from .app import MaskServeConfig, run
 
     cli_env_setup()
@@ -92,28 +131,24 @@ def serve_main(argv: Sequence[str]) -> int:
             args.model = args.model_tag
         elif not explicit_model:
             args.model = str(default_model_dir())
+        if args.max_masks < 1:
+            raise MaskError(f"--max-masks must be at least 1, got {args.max_masks}")
         config = MaskServeConfig(
             model_dir=args.model,
             base_id=base_id(args.model),
+            tensor_shapes=model_tensor_shapes(args.model),
             store=args.store or default_store_uri(),
             api_keys=tuple(args.api_key or ()) or tuple(filter(None, [os.environ.pop("VLLM_API_KEY", None)])),
             admin_key=args.admin_key,
             experiments_file=args.experiments,
             ab_db=args.ab_db,
-            mask_memory_bytes=args.mask_memory,
             resolve_ttl_s=args.resolve_ttl,
         )
     except MaskError as e:
         print(f"mask-serve: error: {e}", file=sys.stderr)
         return 1
     args.api_key = None  # our AuthMiddleware checks keys (VLLM_API_KEY too, popped above), in the OpenAI error schema
-    engine_defaults = default_engine_args()
-    args.enforce_eager = True
-    args.worker_extension_cls = engine_defaults["worker_extension_cls"]
-    if args.enable_prefix_caching is None:
-        args.enable_prefix_caching = True
-    if args.kv_cache_memory_bytes is None and "kv_cache_memory_bytes" in engine_defaults:
-        args.kv_cache_memory_bytes = engine_defaults["kv_cache_memory_bytes"]
+    apply_engine_defaults(args)
     if not args.served_model_name:
         from pathlib import Path
 

@@ -4,12 +4,19 @@ workers once, and listing the masks this base can serve. No HTTP here; the middl
 REFs are resolved on every request through a cache of `resolve_ttl_s` seconds, so a version pushed or a tag moved
 is served within that time, with no restart. A mask is loaded into the workers the first time a request needs it
 (one `collective_rpc`, concurrent first requests share it); after that, requests only name its digest.
+
+Residency: the workers' bank owns the slots. Every load spares the masks of requests in flight here (`admit` ...
+`release`), so a mask is never evicted between the moment a request is admitted and the moment the engine holds
+it; admission waits while a load that may evict is under way.
 """
 
 import asyncio
 import time
 
+from collections import Counter
+
 from mask_store.store import Store
+from runtime import canary
 from runtime.requests import ServedMask, first_result, new_mask_key, resolve
 
 from . import metrics
@@ -17,23 +24,46 @@ from . import metrics
 
 class MaskService:
     def __init__(self, engine_client, store: Store, model_dir: str, base_id: str, served_name: str,
-                 resolve_ttl_s: float = 1.0):
+                 expected: dict[str, tuple[int, ...]], resolve_ttl_s: float = 1.0):
         self.engine = engine_client
         self.store = store
         self.model_dir = model_dir
         self.base_id = base_id
         self.served_name = served_name
+        self.expected = expected  # HF tensor name -> shape of every projection a mask may name
         self.resolve_ttl_s = resolve_ttl_s
         self._resolved: dict[str, tuple[float, ServedMask]] = {}
         self._loaded: set[str] = set()
         self._loading: dict[str, asyncio.Task] = {}
-        self.key = new_mask_key()  # requests carry it in extra_args; see runtime/requests.py
+        self._in_flight: Counter[str] = Counter()  # digest -> requests admitted and not yet finished
+        self._loads = 0  # loads under way
+        self._loads_done = asyncio.Event()  # set whenever none is
+        self._loads_done.set()
+        self.key = new_mask_key()  # per-digest tokens and cache salts derive from it; see runtime/requests.py
 
     async def _rpc(self, method: str, *args) -> dict:
         return first_result(await self.engine.collective_rpc(method, args=args))
 
-    async def setup(self, budget_bytes: int) -> None:
-        await self._rpc("maskserve_setup", self.model_dir, self.base_id, budget_bytes, self.key)
+    async def setup(self) -> None:
+        await self._rpc("maskserve_setup", self.model_dir, self.base_id, self.key)
+
+    async def run_canary(self, config, dtype: str, generate) -> dict:
+        """The start-up canary (runtime/canary.py) through the engine client; raises CanaryFailed on a mismatch.
+
+        `generate(token_ids, served | None)` -> prompt log-probs, through the same path requests take."""
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as tmp:
+            probe = canary.make_probe(config, self.base_id, Path(tmp))
+            served = ServedMask("canary", 0, probe.digest, str(probe.mask_path))
+            await self._rpc("maskserve_load", served.path, False, [])
+            try:
+                got = (await generate(probe.token_ids, None), await generate(probe.token_ids, served))
+            finally:
+                await self._rpc("maskserve_unload", served.digest)
+            reference = await asyncio.to_thread(canary.reference_logprobs, Path(self.model_dir), probe)
+        return canary.check(got, reference, dtype)
 
     def _cached(self, ref: str) -> ServedMask | None:
         hit = self._resolved.get(ref)
@@ -41,13 +71,27 @@ class MaskService:
 
     def _resolve(self, ref: str) -> ServedMask:
         started = time.monotonic()
-        served = resolve(self.store, ref, self.base_id)
+        served = resolve(self.store, ref, self.base_id, self.expected)
         self._resolved[ref] = (started, served)
         return served
 
     async def resolve(self, ref: str) -> ServedMask:
         """From the cache, or from the store on a worker thread: an S3 store is network round trips."""
         return self._cached(ref) or await asyncio.to_thread(self._resolve, ref)
+
+    async def admit(self, served: ServedMask) -> None:
+        """Make sure the workers hold the mask and keep it there until `release`: call before submitting."""
+        while True:
+            await self._loads_done.wait()  # a load under way may evict a mask its protect set did not name yet
+            if served.digest in self._loaded and self._loads_done.is_set():
+                self._in_flight[served.digest] += 1
+                return
+            await self.ensure_loaded(served)
+
+    def release(self, served: ServedMask) -> None:
+        self._in_flight[served.digest] -= 1
+        if self._in_flight[served.digest] <= 0:
+            del self._in_flight[served.digest]
 
     async def ensure_loaded(self, served: ServedMask, pin: bool = False) -> dict | None:
         """Load into every worker unless already there; returns the load report when this call loaded it."""
@@ -64,7 +108,16 @@ class MaskService:
 
     async def _load(self, served: ServedMask, pin: bool) -> dict:
         started = time.perf_counter()
-        report = await self._rpc("maskserve_load", served.path, pin)
+        self._loads_done.clear()
+        self._loads += 1
+        try:
+            # Spare masks in flight and masks other loads are bringing in for requests still waiting.
+            protect = sorted({*self._in_flight, *self._loading} - {served.digest})
+            report = await self._rpc("maskserve_load", served.path, pin, protect)
+        finally:
+            self._loads -= 1
+            if not self._loads:
+                self._loads_done.set()
         metrics.MASK_LOAD_SECONDS.observe(time.perf_counter() - started)
         self._loaded.difference_update(report.get("evicted", ()))
         self._loaded.add(served.digest)

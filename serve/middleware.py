@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mask_store.errors import InvalidRef, MaskError, NotFound
-from runtime.requests import MASK_XARGS, ServedMask
+from runtime.requests import MASK_XARGS, SALT_PREFIX, ServedMask
 
 from . import metrics
 from .ablog import ABLog
@@ -116,7 +116,7 @@ class MaskMiddleware:
             user_xargs = xargs if isinstance(xargs, dict) else {}
             out["vllm_xargs"] = {**user_xargs, **route.served.extra_args(self.service.key)}
             salt = out.get("cache_salt")
-            out["cache_salt"] = f"{route.served.cache_salt}:{salt}" if isinstance(salt, str) else route.served.cache_salt
+            out["cache_salt"] = route.served.cache_salt(self.service.key, salt if isinstance(salt, str) else None)
         options = out.get("stream_options")
         if out.get("stream") is True and (options is None or isinstance(options, dict)):
             if not (options or {}).get("include_usage"):  # exact token counts for metrics and the A/B log
@@ -134,9 +134,10 @@ class MaskMiddleware:
         if not isinstance(request, dict):
             return await _error(scope, receive, send, 400, "request body must be a JSON object")
         try:
+            _check_cache_salt(request)
             route = await self.route(request)
             if route.served is not None:
-                await self.service.ensure_loaded(route.served)
+                await self.service.admit(route.served)
         except MaskError as e:
             metrics.REQUESTS.labels(mask="unresolved", status=str(e.status)).inc()  # never a client string
             return await _error(scope, receive, send, e.status, str(e))
@@ -147,6 +148,8 @@ class MaskMiddleware:
             await self.app(_with_length(scope, len(new_body)), _replay(new_body, receive),
                            _annotate(send, route, outcome))
         finally:  # failed and abandoned requests count too (status 500 if no response was started)
+            if route.served is not None:
+                self.service.release(route.served)
             outcome.status = outcome.status or 500
             self._account(route, outcome, time.perf_counter() - started, started)
 
@@ -174,6 +177,13 @@ class MaskMiddleware:
         created = listing["data"][0]["created"] if listing.get("data") else int(time.time())
         listing["data"].extend(await self.service.model_cards(created))
         await JSONResponse(listing)(scope, receive, send)
+
+
+def _check_cache_salt(request: dict) -> None:
+    """Salts under SALT_PREFIX are maskserve's own: a client's would share KV blocks with a mask's requests."""
+    salt = request.get("cache_salt")
+    if isinstance(salt, str) and salt.startswith(SALT_PREFIX):
+        raise InvalidRef(f"'cache_salt' may not start with {SALT_PREFIX!r}: that namespace is reserved for masks")
 
 
 # --- ASGI plumbing -------------------------------------------------------------------------------------------------

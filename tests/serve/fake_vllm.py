@@ -14,6 +14,7 @@ from vllm.entrypoints.serve.exception_handling.register import init_exception_ha
 
 from mask_store.format import read_mask_file
 from serve.app import MaskServeConfig, install, open_experiments
+from tests.mask_store.helpers import random_mask
 
 BASE_NAME = "base-model"
 
@@ -26,7 +27,7 @@ class FakeEngine:
         self.loaded: dict[str, dict] = {}  # least recently used first
         self.calls: list[tuple[str, tuple]] = []
 
-    def _load(self, path: str, pin: bool) -> dict:
+    def _load(self, path: str, pin: bool, protect: list[str] = ()) -> dict:
         digest = read_mask_file(path).digest
         if digest in self.loaded:
             self.loaded[digest]["pinned"] |= pin
@@ -36,7 +37,7 @@ class FakeEngine:
         for old in list(self.loaded):
             if len(self.loaded) < self.capacity:
                 break
-            if not self.loaded[old]["pinned"]:
+            if not self.loaded[old]["pinned"] and old not in protect:
                 evicted.append(old)
                 del self.loaded[old]
         if len(self.loaded) >= self.capacity:
@@ -123,6 +124,7 @@ def build(store_uri: str, base_id: str, tmp_path, host="127.0.0.1", api_keys=(),
     engine = FakeEngine(capacity)
     config = MaskServeConfig(model_dir="unused", base_id=base_id, store=store_uri, api_keys=api_keys,
                              admin_key=admin_key, experiments_file=experiments_file, ab_db=str(tmp_path / "ab.sqlite"),
-                             mask_memory_bytes=1 << 20, resolve_ttl_s=0.0)
+                             tensor_shapes={n: t.shape for n, t in random_mask(0).tensors.items()}, resolve_ttl_s=0.0,
+                             canary=False)
     asyncio.run(install(app, engine, [BASE_NAME], host, config, *open_experiments(config)))
     return app, engine

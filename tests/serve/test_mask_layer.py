@@ -47,8 +47,9 @@ def test_mask_becomes_xargs_and_cache_salt(server):
     sent = body["received"]
     assert "mask" not in sent
     assert sent["vllm_xargs"]["mask"] == record.digest
-    assert sent["cache_salt"] == record.digest
-    assert read_mask_file(sent["vllm_xargs"]["mask_path"]).digest == record.digest
+    assert sent["cache_salt"].startswith("maskserve:") and record.digest not in sent["cache_salt"]
+    # Only a digest and an HMAC token travel: no file path, no key (vLLM's request log prints extra_args).
+    assert set(sent["vllm_xargs"]) == {"mask", "mask_token"} and len(sent["vllm_xargs"]["mask_token"]) == 32
     assert [c[0] for c in engine.calls].count("maskserve_load") == 1
     complete(client, mask="math@1")
     assert [c[0] for c in engine.calls].count("maskserve_load") == 1  # loaded once
@@ -63,20 +64,42 @@ def test_no_mask_is_the_base_and_says_so(server):
     assert r.status_code == 200 and r.json()["mask"] is None
 
 
-def test_clients_cannot_smuggle_a_mask_path_or_key(server):
+def test_clients_cannot_smuggle_a_mask_or_token(server):
     client, _, _ = server
-    forged = {"mask": "0" * 64, "mask_path": "/etc/passwd", "mask_key": "guess", "other": 1}
+    forged = {"mask": "0" * 64, "mask_token": "guess", "other": 1}
     r = complete(client, vllm_xargs=forged)
     assert r.json()["received"]["vllm_xargs"] == {"other": 1}
     r = complete(client, mask="code", vllm_xargs=forged)
     sent = r.json()["received"]["vllm_xargs"]
-    assert sent["mask_path"] != "/etc/passwd" and sent["mask_key"] != "guess" and len(sent["mask_key"]) == 32
+    assert sent["mask_token"] != "guess" and len(sent["mask_token"]) == 32 and sent["other"] == 1
 
 
-def test_user_cache_salt_is_kept_after_the_digest(server):
+def test_user_cache_salt_is_kept_inside_the_masks_namespace(server):
     client, _, store = server
+    plain = complete(client, mask="code").json()["received"]["cache_salt"]
     r = complete(client, mask="code", cache_salt="tenant-7")
-    assert r.json()["received"]["cache_salt"] == f"{store.resolve('code').digest}:tenant-7"
+    assert r.json()["received"]["cache_salt"] == f"{plain}:tenant-7"
+
+
+def test_no_client_salt_reaches_a_masks_prefix_cache_namespace(server):
+    """Prefix-cache poisoning: digests are public (x-mask-digest, /v1/models), so no salt a client can send on a base
+    request may equal the salt of a masked request, and a mask's salts never meet another mask's."""
+    client, _, store = server
+    digests = [store.resolve(r).digest for r in ("math@1", "math@2", "code")]
+    client_salts = [None, "t", "", *digests, *(f"{d}:t" for d in digests), "maskserve", "base:t"]
+    masked, base = {}, {}
+    for mask in ("math@1", "math@2", "code"):
+        for salt in client_salts:
+            extra = {} if salt is None else {"cache_salt": salt}
+            masked[(mask, salt)] = complete(client, mask=mask, **extra).json()["received"]["cache_salt"]
+    for salt in client_salts:
+        extra = {} if salt is None else {"cache_salt": salt}
+        base[salt] = complete(client, **extra).json()["received"].get("cache_salt")
+    assert len(set(masked.values())) == len(masked)  # every (mask, client salt) pair has its own namespace
+    assert not set(masked.values()) & set(base.values())
+    for reserved in [next(iter(masked.values())), "maskserve:x"]:  # even a leaked salt cannot be replayed
+        r = complete(client, cache_salt=reserved)
+        assert r.status_code == 400 and "reserved" in r.json()["error"]["message"]
 
 
 def test_model_field_can_name_a_mask(server):
