@@ -13,6 +13,12 @@ probability table is stored. Which one is used depends on p, for decode speed:
 
 Models are built from + * / only (no pow or log), so every platform derives the same tables. Words are uint32
 little-endian. Non-goal: adapting to structured masks; they cost what a random mask of the same density does.
+
+Decoding trusts no number alone. Before allocating, it checks the header's numbers against each other and the
+payload's length (`check_bounds`) and the payload's symbol count against the escapes the tensor's size allows, so
+its memory is a small multiple of the decoded positions' own 8 bytes each. A payload's length cannot bound the
+count itself: the coder's state 0 decodes symbol 0 forever at no cost, so a trailing run of adjacent positions
+(or of all-kept bitmap bytes) is free, and a dense mask over a huge tensor is legitimately a tiny file.
 """
 
 import math
@@ -24,15 +30,49 @@ GAPS = "rans-gaps-v1"
 BITMAP = "rans-bitmap-v1"
 CODECS = (GAPS, BITMAP)
 _MAX_ALPHABET = 1 << 16
+# Larger than any weight tensor we know (Llama 4 Maverick's fused experts: 1.07e10 = 2**33.3). Bounding the size
+# bounds the escape symbols a gaps payload may claim, which cost almost nothing when few positions are removed.
+MAX_TENSOR_SIZE = min(1 << 34, int(np.iinfo(np.intp).max))
 
 
 class PayloadError(ValueError):
-    """The payload does not decode to `count` positions inside the tensor."""
+    """Positions, or a payload with its header numbers, that no mask of the tensor has."""
 
 
 def stores_kept_side(count: int, size: int) -> bool:
     """Whether the payload holds kept positions instead of removed ones (more than half removed)."""
     return 2 * count > size
+
+
+def check_positions(positions: np.ndarray, size: int) -> None:
+    """Raise PayloadError unless `positions` is what a TensorMask holds: strictly increasing, each in [0, size)."""
+    if not 1 <= size <= MAX_TENSOR_SIZE:
+        raise PayloadError(f"tensor size {size} is outside 1..{MAX_TENSOR_SIZE}")
+    if len(positions) and not 0 <= positions[0] <= positions[-1] < size:
+        raise PayloadError(f"a position is outside [0, {size})")
+    if np.any(np.diff(positions) <= 0):
+        raise PayloadError("positions are not strictly increasing")
+
+
+def check_bounds(name: str, length: int, size: int, count: int) -> None:
+    """Refuse, from the numbers alone, what no payload of `encode` is: a size beyond any tensor, more removed than
+    entries, a codec other than the one the counts choose, a length that is not the codec's layout."""
+    if not 1 <= size <= MAX_TENSOR_SIZE:
+        raise PayloadError(f"tensor size {size} is outside 1..{MAX_TENSOR_SIZE}")
+    if not 0 <= count <= size:
+        raise PayloadError(f"{count} removed of {size} entries")
+    if name not in CODECS:
+        raise PayloadError(f"unknown codec {name!r}")
+    if name != choose_codec(count, size):
+        raise PayloadError(f"codec {name} is not the one for {count} removed of {size} ({choose_codec(count, size)})")
+    if name == BITMAP:
+        if length % 4:
+            raise PayloadError(f"payload of {length} bytes is not whole words")
+    elif count in (0, size):
+        if length:
+            raise PayloadError("payload present for an empty side")
+    elif length < 8 or (length - 8) % 4:
+        raise PayloadError(f"payload of {length} bytes is not a symbol count plus whole words")
 
 
 def _gap_model(count: int, size: int) -> tuple[int, constriction.stream.model.Categorical]:
@@ -64,16 +104,13 @@ def _encode_sparse(positions: np.ndarray, size: int) -> bytes:
 
 
 def _decode_sparse(payload: bytes, size: int, count: int) -> np.ndarray:
+    """Lengths are checked (check_bounds); this checks the symbol count against the escapes the size allows."""
     if count == 0:
-        if payload:
-            raise PayloadError("payload present for an empty side")
         return np.empty(0, dtype=np.int64)
-    if len(payload) < 8 or (len(payload) - 8) % 4:
-        raise PayloadError("payload length is not a symbol count plus whole words")
     n_symbols = int(np.frombuffer(payload, "<u8", count=1)[0])
-    if not count <= n_symbols <= count + size:
-        raise PayloadError("symbol count out of range")
     k, model = _gap_model(count, size)
+    if not count <= n_symbols <= count + (size - count) // k:  # escapes: sum(gap // K) <= sum(gap) / K
+        raise PayloadError(f"symbol count {n_symbols} out of range for {count} positions among {size}")
     try:
         coder = constriction.stream.stack.AnsCoder(np.frombuffer(payload, "<u4", offset=8).astype(np.uint32))
         symbols = coder.decode(model, n_symbols)  # (n_symbols,) int32
@@ -119,8 +156,6 @@ def _encode_bitmap(removed: np.ndarray, size: int) -> bytes:
 
 
 def _decode_bitmap(payload: bytes, size: int, count: int) -> np.ndarray:
-    if len(payload) % 4:
-        raise PayloadError("payload length is not whole words")
     try:
         coder = constriction.stream.stack.AnsCoder(np.frombuffer(payload, "<u4").astype(np.uint32))
         packed = coder.decode(_byte_model(count, size), (size + 7) // 8).astype(np.uint8)
@@ -143,6 +178,7 @@ def choose_codec(count: int, size: int) -> str:
 
 def encode(removed: np.ndarray, size: int) -> tuple[str, bytes]:
     """Code the sorted, unique flat positions `removed` (int64, in [0, size)); returns (codec, payload)."""
+    check_positions(removed, size)
     name = choose_codec(len(removed), size)
     if name == BITMAP:
         return name, _encode_bitmap(removed, size)
@@ -155,10 +191,9 @@ def encode(removed: np.ndarray, size: int) -> tuple[str, bytes]:
 
 def decode(name: str, payload: bytes, size: int, removed_count: int) -> np.ndarray:
     """Inverse of `encode`: the sorted removed positions (int64). Raises PayloadError on any inconsistency."""
+    check_bounds(name, len(payload), size, removed_count)
     if name == BITMAP:
         return _decode_bitmap(payload, size, removed_count)
-    if name != GAPS:
-        raise PayloadError(f"unknown codec {name!r}")
     if not stores_kept_side(removed_count, size):
         return _decode_sparse(payload, size, removed_count)
     kept = _decode_sparse(payload, size, size - removed_count)

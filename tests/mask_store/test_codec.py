@@ -53,9 +53,10 @@ def test_random_masks_code_within_3_percent_of_entropy(p):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.sampled_from(codec.CODECS), st.binary(max_size=200), st.integers(1, 10_000), st.integers(0, 10_000))
-def test_garbage_payload_never_decodes_silently_out_of_range(name, payload, size, count):
+@given(st.binary(max_size=200), st.integers(1, 10_000), st.integers(0, 10_000))
+def test_garbage_payload_never_decodes_silently_out_of_range(payload, size, count):
     count = min(count, size)
+    name = codec.choose_codec(count, size)  # any other is refused before decoding
     try:
         out = codec.decode(name, payload, size, count)
     except codec.PayloadError:
@@ -71,3 +72,38 @@ def test_truncated_payload_is_an_error(p):
     name, payload = codec.encode(removed, 100_000)
     with pytest.raises(codec.PayloadError):
         codec.decode(name, payload[:-4], 100_000, len(removed))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.integers(3, 3000), st.sampled_from([1 / 3, 1 / 2, 2 / 3]), st.integers(-2, 2), st.integers(0, 2**32 - 1))
+def test_round_trip_at_the_codec_and_side_thresholds(size, fraction, step, seed):
+    count = min(size, max(0, int(size * fraction) + step))
+    removed = np.sort(np.random.default_rng(seed).choice(size, count, replace=False)).astype(np.int64)
+    name, payload = codec.encode(removed, size)
+    assert name == codec.choose_codec(count, size)
+    np.testing.assert_array_equal(codec.decode(name, payload, size, count), removed)
+
+
+def test_symbol_count_is_bounded_by_the_escapes_the_size_allows():
+    """One position among 10**6 has at most 10**6 // K escapes before it; a larger count is refused undecoded."""
+    payload = np.uint64(10**6).astype("<u8").tobytes() + b"\x01\0\0\0"
+    with pytest.raises(codec.PayloadError, match="symbol count"):
+        codec.decode(codec.GAPS, payload, 10**6, 1)
+
+
+def test_a_codec_the_counts_do_not_choose_is_refused():
+    removed = np.array([3, 70], dtype=np.int64)
+    payload = codec._encode_bitmap(removed, 100)
+    np.testing.assert_array_equal(codec._decode_bitmap(payload, 100, 2), removed)  # a valid stream, of one reading
+    with pytest.raises(codec.PayloadError, match="codec"):
+        codec.decode(codec.BITMAP, payload, 100, 2)
+
+
+@pytest.mark.parametrize(
+    "removed, size",
+    [([3, 2], 10), ([2, 2], 10), ([-1, 2], 10), ([2, 10], 10), ([], 0), ([0], 2**34 + 1)],
+)
+def test_encode_refuses_positions_no_mask_has(removed, size):
+    """Encoding them would write a file that decodes to another mask, or that no reader accepts."""
+    with pytest.raises(ValueError):
+        codec.encode(np.array(removed, dtype=np.int64), size)
