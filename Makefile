@@ -6,7 +6,12 @@ PY := $(VENV)/bin/python
 ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
 STAMP := $(VENV)/.installed-$(ENGINE)
 
-.PHONY: setup test test-slow test-all demo bench clean
+# The Triton kernel is checked on CPU by Triton's interpreter, in a virtualenv of its own: triton next to vLLM would
+# switch vLLM to Model Runner V2.
+TRITON_VENV ?= .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
+
+.PHONY: setup test test-slow test-triton test-all demo bench clean
 
 setup: $(STAMP)
 
@@ -28,7 +33,16 @@ test: setup  ## fast tests (tiny models, no engine): a few minutes
 test-slow: setup  ## tests that start vLLM or use SmolLM2-135M
 	$(PY) -m pytest -m slow
 
-test-all: test test-slow
+# numpy 2.4 breaks Triton 3.6's interpreter (it turns size-1 arrays into ints).
+$(TRITON_STAMP):
+	python3 -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet 'torch==2.13.0+cpu' 'triton==3.6.0' 'numpy<2.4' pytest
+	touch $@
+
+test-triton: $(TRITON_STAMP)  ## the correction op's Triton kernel against its reference, on CPU (TRITON_INTERPRET=1)
+	TRITON_INTERPRET=1 PYTHONPATH=. $(TRITON_VENV)/bin/python -m pytest -q --noconftest -o addopts="" tests/triton
+
+test-all: test test-slow test-triton
 
 demo: setup  ## the whole story on the default model, offline
 	$(PY) examples/demo.py
@@ -37,4 +51,4 @@ bench: setup
 	$(PY) bench/codec.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache

@@ -101,3 +101,16 @@ def _cpu(y, x, slots, crow, seg, cols, vals, layer) -> None:
     for d, a, n in groups:
         correction[a:a + n] = torch.sparse.mm(d, xm[a:a + n].t()).t()  # (R, out) = x_r D_s^T
     y.index_copy_(0, rows, (y.index_select(0, rows).float() - correction).to(y.dtype))
+
+
+def _register_device_kernels() -> None:
+    """The Triton kernel on CUDA, where triton is installed (every CUDA build of vLLM ships it)."""
+    import importlib.util
+
+    if torch.cuda.is_available() and importlib.util.find_spec("triton") is not None:
+        from . import correction_triton
+
+        correction_triton.register()
+
+
+_register_device_kernels()

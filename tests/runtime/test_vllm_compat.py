@@ -1,0 +1,77 @@
+"""Configurations masks cannot be served under are refused at start, with the setting that fixes them; the canary
+refuses an engine whose masked output is not the reference's."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from runtime import canary, vllm_compat
+from runtime.requests import default_engine_args
+
+
+def _config(mode: str | None):
+    return SimpleNamespace(compilation_config=SimpleNamespace(
+        cudagraph_mode=None if mode is None else SimpleNamespace(name=mode)))
+
+
+class V1Runner:
+    input_batch = object()
+
+
+def test_v1_runner_without_full_graphs_is_supported():
+    for mode in (None, "NONE", "PIECEWISE"):
+        vllm_compat.check_supported(V1Runner(), _config(mode))
+
+
+def test_model_runner_v2_is_refused_with_the_setting_that_avoids_it():
+    V2 = type("GPUModelRunner", (), {"__module__": vllm_compat.V2_RUNNER_MODULE, "input_batch": None})
+    for runner in (V2(), object()):
+        with pytest.raises(vllm_compat.UnsupportedEngine, match="VLLM_USE_V2_MODEL_RUNNER=0"):
+            vllm_compat.check_supported(runner, _config("NONE"))
+
+
+@pytest.mark.parametrize("mode", ["FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE"])
+def test_full_cuda_graphs_are_refused(mode):
+    with pytest.raises(vllm_compat.UnsupportedEngine, match="PIECEWISE"):
+        vllm_compat.check_supported(V1Runner(), _config(mode))
+
+
+def test_engine_args_keep_compilation_and_wrap_the_users_loader():
+    args = default_engine_args(4, 1 << 20, load_format="safetensors", model_loader_extra_config={"x": 1},
+                               additional_config={"other": 2})
+    assert "enforce_eager" not in args
+    assert args["load_format"] == "maskserve"
+    assert args["model_loader_extra_config"] == {"x": 1, "maskserve": {"load_format": "safetensors"}}
+    assert args["additional_config"]["other"] == 2  # the compile cache key sees our slot settings
+    assert args["additional_config"]["maskserve"]["max_masks"] == 4
+
+
+def test_canary_passes_when_the_engine_matches_the_reference():
+    rng = np.random.default_rng(0)
+    base, masked = rng.normal(size=20), rng.normal(size=20)
+    report = canary.check((base + 1e-5, masked - 1e-5), (base, masked), "float32")
+    assert report["mask_error"] < 1e-4
+
+
+def test_canary_refuses_an_engine_that_serves_the_base_for_a_mask():
+    rng = np.random.default_rng(0)
+    base, masked = rng.normal(size=20), rng.normal(size=20)
+    with pytest.raises(canary.CanaryFailed, match="refusing to serve"):
+        canary.check((base, base), (base, masked), "float32")
+    with pytest.raises(canary.CanaryFailed):
+        canary.check((base, masked + 0.5), (base, masked), "bfloat16")
+
+
+def test_canary_probe_mask_covers_the_first_layer(tiny_model, tmp_path):
+    from transformers import AutoConfig
+
+    from mask_store.format import load_mask
+    from mask_store.identity import base_id
+
+    probe = canary.make_probe(AutoConfig.from_pretrained(tiny_model), base_id(tiny_model), tmp_path)
+    mask = load_mask(probe.mask_path)
+    assert len(mask.tensors) == 7 and all(".layers.0." in n for n in mask.tensors)
+    assert abs(mask.removed_count / mask.masked_count - 1 / 3) < 0.01
+    base, masked = canary.reference_logprobs(tiny_model, probe)
+    assert np.abs(base - masked).max() > 0.5  # strong enough to tell the two apart at any dtype's tolerance
