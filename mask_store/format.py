@@ -8,17 +8,23 @@ or flipped bit fail loudly, naming the file, before a single position is decoded
 
 The digest that names a mask hashes only what defines it (format, base id, tensor entries, payload), so the same
 removals with other metadata keep the same digest.
+
+A file is accepted only in the one form `encode_mask` writes it: a JSON object without duplicate keys, nesting at
+most MAX_HEADER_DEPTH deep, JSON integers where numbers are meant, tensors in strictly increasing name order whose
+slices tile the payload exactly, each coded with the codec its counts choose. Everything else is a CorruptMask
+naming the file, whatever its checksum says, since anyone can compute a checksum.
 """
 
 import json
+import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import blake3
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from . import codec
 from .atomic import atomic_write_bytes
@@ -29,21 +35,24 @@ MAGIC = b"\x89MASK\r\n\x1a"
 FORMAT_VERSION = 1
 _CHECKSUM_LEN = 32
 _PREFIX_LEN = len(MAGIC) + 8
+MAX_HEADER_DEPTH = 32  # format 1 nests 4 deep; the rest is room for training metadata
+_Count = Annotated[StrictInt, Field(ge=0)]  # a JSON integer: not 3.0, "3" or true
 
 
 class TensorEntry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(min_length=1)
-    shape: tuple[int, ...]
-    removed: int = Field(ge=0)  # count of removed entries
-    codec: str
-    offset: int = Field(ge=0)  # into the payload
-    length: int = Field(ge=0)
+    name: StrictStr = Field(min_length=1)
+    shape: tuple[Annotated[StrictInt, Field(ge=1)], ...]
+    removed: _Count  # count of removed entries
+    codec: StrictStr
+    offset: _Count  # into the payload
+    length: _Count
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        """Exact, never wrapped to int64; parse_mask refuses shapes past MAX_TENSOR_SIZE before anything reads it."""
+        return math.prod(self.shape)
 
 
 class Header(BaseModel):
@@ -51,12 +60,12 @@ class Header(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    format: int
-    base_id: str = Field(pattern=r"^[0-9a-f]{64}$")
-    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    format: StrictInt
+    base_id: StrictStr = Field(pattern=r"^[0-9a-f]{64}$")
+    digest: StrictStr = Field(pattern=r"^[0-9a-f]{64}$")
     tensors: tuple[TensorEntry, ...]
     training: dict[str, Any] = {}
-    created_at: str = ""
+    created_at: StrictStr = ""
 
     @property
     def removed_count(self) -> int:
@@ -73,7 +82,7 @@ _UPGRADES: dict[int, Any] = {}
 
 def _upgrade(raw: dict[str, Any]) -> dict[str, Any]:
     version = raw.get("format")
-    while version in _UPGRADES:
+    while isinstance(version, int) and version in _UPGRADES:
         raw = _UPGRADES[version](raw)
         version = raw["format"]
     return raw
@@ -125,13 +134,17 @@ class MaskFile:
         return self.header.digest
 
     def decode(self) -> Mask:
+        """Every tensor decoded and its positions checked (sorted, unique, in range): a whole mask or CorruptMask."""
         tensors = {}
         for t in self.header.tensors:
             chunk = self.payload[t.offset : t.offset + t.length]
             try:
                 removed = codec.decode(t.codec, bytes(chunk), t.size, t.removed)
-            except (codec.PayloadError, ValueError) as e:
-                raise CorruptMask(f"{self.source}: tensor {t.name} does not decode ({e})") from e
+                codec.check_positions(removed, t.size)
+            except ValueError as e:  # PayloadError, or a stream constriction itself refuses
+                raise CorruptMask(f"{self.source}: tensor {t.name!r} does not decode ({e})") from e
+            if len(removed) != t.removed:
+                raise CorruptMask(f"{self.source}: tensor {t.name!r} has {len(removed)} positions, not {t.removed}")
             tensors[t.name] = TensorMask(t.shape, removed)
         return Mask(self.header.base_id, tensors, self.header.training, self.header.created_at)
 
@@ -146,23 +159,90 @@ def parse_mask(data: bytes, source: str) -> MaskFile:
     head_end = _PREFIX_LEN + head_len
     if head_end > len(data) - _CHECKSUM_LEN:
         raise CorruptMask(f"{source}: header runs past the end of the file")
-    try:
-        raw = _upgrade(json.loads(data[_PREFIX_LEN:head_end]))
-        if raw.get("format") != FORMAT_VERSION:
-            raise CorruptMask(f"{source}: format version {raw.get('format')} is not supported by this maskserve")
-        header = Header.model_validate(raw)
-    except (ValueError, ValidationError) as e:
-        raise CorruptMask(f"{source}: unreadable header ({e.__class__.__name__})") from e
+    header = _parse_header(data[_PREFIX_LEN:head_end], source)
     payload = memoryview(data)[head_end : len(data) - _CHECKSUM_LEN]
-    for t in header.tensors:
-        if t.codec not in codec.CODECS:
-            raise CorruptMask(f"{source}: tensor {t.name} uses unknown codec {t.codec!r}")
-        if t.offset + t.length > len(payload) or t.removed > t.size:
-            raise CorruptMask(f"{source}: tensor {t.name} entry is inconsistent with the payload")
+    _check_entries(header.tensors, len(payload), source)
     entries = [t.model_dump(mode="json") for t in header.tensors]
     if _digest(header.base_id, entries, payload) != header.digest:
         raise CorruptMask(f"{source}: digest does not match its content")
     return MaskFile(header, payload, source, len(data))
+
+
+def _parse_header(head: bytes, source: str) -> Header:
+    try:
+        raw = json.loads(head.decode("utf-8"), object_pairs_hook=_unique_keys)  # bytes would also take UTF-16
+    except RecursionError:
+        raise CorruptMask(f"{source}: header nests deeper than {MAX_HEADER_DEPTH}") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, a duplicate key, an integer of 4300 digits
+        raise CorruptMask(f"{source}: unreadable header ({e})") from e
+    if not isinstance(raw, dict):
+        raise CorruptMask(f"{source}: header is a JSON {type(raw).__name__}, not an object")
+    if _depth(raw) > MAX_HEADER_DEPTH:
+        raise CorruptMask(f"{source}: header nests deeper than {MAX_HEADER_DEPTH}")
+    raw = _upgrade(raw)
+    version = raw.get("format")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise CorruptMask(f"{source}: format version {version!r} is not supported by this maskserve")
+    try:
+        return Header.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise CorruptMask(f"{source}: unreadable header ({where}: {first['msg']})") from e
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object with one key twice has two readings; json.loads would silently keep the last."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        duplicate = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+        raise ValueError(f"duplicate key {duplicate!r}")
+    return obj
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and objects nest in a parsed JSON value, walked without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, (list, dict)):
+            deepest = max(deepest, depth)
+            todo.extend((child, depth + 1) for child in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def _check_entries(entries: tuple[TensorEntry, ...], payload_len: int, source: str) -> None:
+    """Tensors in strictly increasing name order, each slice starting where the last one ended, the last one ending
+    where the payload does, and each entry's numbers possible for its codec (codec.check_bounds)."""
+    end, previous = 0, None
+    for t in entries:
+        where = f"{source}: tensor {t.name!r}"
+        if previous is not None and t.name <= previous:
+            problem = "duplicate tensor name" if t.name == previous else "tensors out of name order"
+            raise CorruptMask(f"{where}: {problem}")
+        if not _fits(t.shape):
+            raise CorruptMask(f"{where}: shape {list(t.shape)} has more than {codec.MAX_TENSOR_SIZE} entries")
+        if t.offset != end:
+            raise CorruptMask(f"{where}: payload offset {t.offset}, expected {end} (slices tile the payload in order)")
+        if t.offset + t.length > payload_len:
+            raise CorruptMask(f"{where}: its {t.length} bytes run past the payload's {payload_len}")
+        try:
+            codec.check_bounds(t.codec, t.length, t.size, t.removed)
+        except codec.PayloadError as e:
+            raise CorruptMask(f"{where}: {e}") from None
+        end, previous = t.offset + t.length, t.name
+    if end != payload_len:
+        raise CorruptMask(f"{source}: {payload_len - end} payload bytes belong to no tensor")
+
+
+def _fits(shape: tuple[int, ...]) -> bool:
+    """At most MAX_TENSOR_SIZE entries, found without multiplying out a hostile shape (dims >= 1: it only grows)."""
+    size = 1
+    for dim in shape:
+        size *= dim
+        if size > codec.MAX_TENSOR_SIZE:
+            return False
+    return True
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
