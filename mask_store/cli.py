@@ -5,6 +5,7 @@ Every read command takes --json for scripts. User mistakes print one line on std
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(format="mask-store: %(message)s")  # e.g. stored objects a read skipped, one line each
     try:
         store = None if args.func is cmd_base_id else Store(args.store)
         return args.func(args, store)

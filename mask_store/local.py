@@ -6,10 +6,15 @@
 Version numbers are allocated inside `BEGIN IMMEDIATE`, which holds SQLite's write lock, so concurrent pushes from
 many processes serialize there and each gets its own number. The blob is checked (and re-written if garbage
 collection took it) inside the same transaction, and garbage collection deletes blobs under that lock too, so the
-two can never interleave badly.
+two can never interleave badly. Tagging and removal share that lock as well: a tag is only set on a version that
+is live at that moment, and removal deletes the version's tags in the same transaction, so no tag dangles.
+
+Blob files are checked against their digest whenever they are read, and a push replaces one that fails. Index rows
+and files under `blobs/` that are not valid are skipped with a warning and listed by `problems` (for `verify`).
 """
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -18,8 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_bytes
-from .errors import BaseMismatch, NotFound, StoreError
-from .store import BlobInfo, VersionRecord
+from .errors import BaseMismatch, InvalidRef, NotFound, StoreError
+from .refs import check_name, check_tag
+from .store import BlobInfo, VersionRecord, check_blob, check_digest, holds_blob, load_json, printable
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -41,6 +49,7 @@ class LocalBackend:
         self.root = root
         self.uri = str(root)
         self._threads = threading.local()
+        self._warned: set[str] = set()
         try:
             (root / "blobs").mkdir(parents=True, exist_ok=True)
             if not os.access(root, os.W_OK):
@@ -60,14 +69,22 @@ class LocalBackend:
             self._threads.db = db
         return db
 
+    def _warn(self, problems: list[str]) -> None:
+        """Each skipped row or file is reported once per process, not on every read."""
+        for line in problems:
+            if line not in self._warned:
+                self._warned.add(line)
+                log.warning("store %s: ignoring %s", self.root, line)
+
     # --- blobs ---------------------------------------------------------------------------------------------------
 
     def _blob(self, digest: str) -> Path:
-        return self.root / "blobs" / digest[:2] / f"{digest}.mask"
+        return self.root / "blobs" / check_digest(digest)[:2] / f"{digest}.mask"
 
     def put_blob(self, digest: str, data: bytes) -> None:
+        """Written unless a whole copy is there: a damaged one is replaced."""
         path = self._blob(digest)
-        if path.exists():
+        if holds_blob(path, digest):
             return
         path.parent.mkdir(exist_ok=True)
         try:
@@ -77,23 +94,43 @@ class LocalBackend:
 
     def read_blob(self, digest: str) -> bytes:
         try:
-            return self._blob(digest).read_bytes()
+            data = self._blob(digest).read_bytes()
         except FileNotFoundError:
             raise NotFound(f"blob {digest} is missing from store {self.root}") from None
+        check_blob(data, digest, f"blob {digest} in store {self.root}")
+        return data
 
     def local_blob(self, digest: str) -> Path:
-        path = self._blob(digest)
-        if not path.exists():
-            raise NotFound(f"blob {digest} is missing from store {self.root}")
-        return path
+        self.read_blob(digest)
+        return self._blob(digest)
+
+    def _scan_blobs(self) -> tuple[list[BlobInfo], list[str]]:
+        now = time.time()
+        blobs, problems = [], []
+        for path in sorted((self.root / "blobs").rglob("*")):
+            if path.is_dir() or (path.name.startswith(".") and path.name.endswith(".tmp")):  # a push mid-write
+                continue
+            rel = printable(str(path.relative_to(self.root)))
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # collected or renamed since the listing
+                continue
+            if path == self._blob_or_none(path.stem):
+                blobs.append(BlobInfo(path.stem, st.st_size, now - st.st_mtime))
+            else:
+                problems.append(f"{rel}: not a blob (blobs are blobs/ab/<64 hex digits>.mask)")
+        return blobs, problems
+
+    def _blob_or_none(self, digest: str) -> Path | None:
+        try:
+            return self._blob(digest)
+        except ValueError:
+            return None
 
     def list_blobs(self) -> list[BlobInfo]:
-        now = time.time()
-        out = []
-        for path in (self.root / "blobs").glob("*/*.mask"):
-            st = path.stat()
-            out.append(BlobInfo(path.stem, st.st_size, now - st.st_mtime))
-        return out
+        blobs, problems = self._scan_blobs()
+        self._warn(problems)
+        return blobs
 
     def delete_blob(self, digest: str) -> None:
         self._blob(digest).unlink(missing_ok=True)
@@ -108,13 +145,12 @@ class LocalBackend:
         with self._write():
             if not self._blob(fields["digest"]).exists():  # collected between our write and this lock
                 self.put_blob(fields["digest"], blob)
-            newest_live = self.db.execute(
-                "SELECT base_id, version FROM versions WHERE name=? AND removed_at IS NULL ORDER BY version DESC LIMIT 1",
-                (name,),
+            newest = self.db.execute(  # removed versions count: a name's base never changes
+                "SELECT base_id, version FROM versions WHERE name=? ORDER BY version DESC LIMIT 1", (name,)
             ).fetchone()
-            if newest_live and newest_live[0] != fields["base_id"]:  # checked again here: a racing first push
+            if newest and newest[0] != fields["base_id"]:  # checked again here: a racing first push
                 raise BaseMismatch(f"mask {fields['digest'][:12]}", fields["base_id"],
-                                   f"{newest_live[0]} of {name}@{newest_live[1]}")
+                                   f"{newest[0]} of {name}@{newest[1]}")
             (last,) = self.db.execute("SELECT MAX(version) FROM versions WHERE name=?", (name,)).fetchone()
             record = VersionRecord(name=name, version=(last or 0) + 1, **fields)
             row = record.stored()
@@ -126,26 +162,57 @@ class LocalBackend:
                 self.db.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", (name, tag, record.version))
         return record
 
-    def records(self, name: str | None = None) -> list[VersionRecord]:
+    def _scan_records(self, name: str | None) -> tuple[list[VersionRecord], list[str]]:
         where, args = ("WHERE name=?", (name,)) if name else ("", ())
         rows = self.db.execute(f"SELECT {_COLUMNS} FROM versions {where} ORDER BY name, version", args)
-        out = []
+        records, problems = [], []
         for row in rows:
             values = dict(zip(_COLUMNS.split(", "), row))
-            values["training"] = json.loads(values["training"])
-            out.append(VersionRecord(**values))
-        return out
+            try:
+                records.append(_row_record(values))
+            except ValueError as e:
+                row = printable(f"{values['name']}@{values['version']}")
+                problems.append(f"index row {row}: not a valid version ({e})")
+        return records, problems
+
+    def records(self, name: str | None = None) -> list[VersionRecord]:
+        records, problems = self._scan_records(name)
+        self._warn(problems)
+        return records
 
     def mark_removed(self, name: str, version: int, when: str) -> None:
         with self._write():
-            self.db.execute("UPDATE versions SET removed_at=? WHERE name=? AND version=?", (when, name, version))
+            updated = self.db.execute(
+                "UPDATE versions SET removed_at=? WHERE name=? AND version=? AND removed_at IS NULL",
+                (when, name, version),
+            ).rowcount
+            if not updated:
+                raise NotFound(f"no version {name}@{version} in store {self.root}")
+            self.db.execute("DELETE FROM tags WHERE name=? AND version=?", (name, version))
+
+    def _scan_tags(self, name: str | None) -> tuple[dict[tuple[str, str], int], list[str]]:
+        where, args = ("WHERE name=?", (name,)) if name else ("", ())
+        tags, problems = {}, []
+        for n, t, v in self.db.execute(f"SELECT name, tag, version FROM tags {where}", args):
+            if _valid_tag_row(n, t, v):
+                tags[(n, t)] = v
+            else:
+                problems.append(f"index row {printable(f'{n}:{t}')} -> {v!r}: not a valid tag")
+        return tags, problems
 
     def tags(self, name: str | None = None) -> dict[tuple[str, str], int]:
-        where, args = ("WHERE name=?", (name,)) if name else ("", ())
-        return {(n, t): v for n, t, v in self.db.execute(f"SELECT name, tag, version FROM tags {where}", args)}
+        tags, problems = self._scan_tags(name)
+        self._warn(problems)
+        return tags
 
     def set_tag(self, name: str, tag: str, version: int) -> None:
+        """The version is checked under the lock `mark_removed` takes, so a removal cannot slip in between."""
         with self._write():
+            live = self.db.execute(
+                "SELECT 1 FROM versions WHERE name=? AND version=? AND removed_at IS NULL", (name, version)
+            ).fetchone()
+            if not live:
+                raise NotFound(f"cannot point {name}:{tag} at {name}@{version}: no such version in store {self.root}")
             self.db.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", (name, tag, version))
 
     def delete_tag(self, name: str, tag: str) -> bool:
@@ -167,6 +234,25 @@ class LocalBackend:
                 if age > grace_s:
                     tmp.unlink(missing_ok=True)
         return doomed
+
+    def problems(self) -> list[str]:
+        return self._scan_records(None)[1] + self._scan_tags(None)[1] + self._scan_blobs()[1]
+
+
+def _row_record(values: dict[str, Any]) -> VersionRecord:
+    """An index row as a record; ValueError if any column holds what a push would never have written."""
+    if not isinstance(values["training"], str):
+        raise ValueError("training is not JSON text")
+    return VersionRecord.from_stored({**values, "training": load_json(values["training"])})
+
+
+def _valid_tag_row(name: object, tag: object, version: object) -> bool:
+    try:
+        check_name(name)
+        check_tag(tag)
+    except (InvalidRef, TypeError):
+        return False
+    return type(version) is int and version >= 1
 
 
 class _Transaction:

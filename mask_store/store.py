@@ -8,12 +8,20 @@ no version or a whole one. Version numbers are allocated by the backend under a 
 conditional write (S3), so concurrent pushes get distinct numbers; removed versions leave a tombstone so a number
 never comes back with other content. `latest` is not stored: it is always the newest live version.
 
+Nothing read back is trusted: a blob is checked against the digest that names it whenever it is read for use
+(a damaged one is a CorruptMask naming the ref, and a push of the same mask replaces it), and every record read
+from an index or a bucket is validated before its fields name a file or a key; objects that are not valid records
+are skipped with a warning and reported by `verify`.
+
 This file holds the rules; `local.py` and `s3.py` hold the two backends behind the `Backend` protocol.
 """
 
+import json
 import os
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +31,45 @@ from .format import MaskFile, parse_mask, read_bytes
 from .mask import utc_now
 from .paths import default_store_uri
 from .refs import LATEST, MaskRef, check_name, check_tag
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_digest(value: object, what: str = "digest") -> str:
+    """A digest or base id read back from storage, checked before it names a file or key: 64 lowercase hex."""
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        raise ValueError(f"{what} {value!r} is not 64 lowercase hex digits")
+    return value
+
+
+def load_json(text: str | bytes) -> Any:
+    """JSON read back from storage: ValueError for anything else, nesting too deep for the parser included."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def printable(text: str) -> str:
+    """A stored name or key as it may appear in a one-line message (escaped if it holds control characters)."""
+    return text if text.isprintable() else ascii(text)
+
+
+def check_blob(data: bytes, digest: str, source: str) -> MaskFile:
+    """Parse a blob and make sure it is the mask `digest` names: whole, and not some other mask's bytes."""
+    mask_file = parse_mask(data, source)
+    if mask_file.digest != digest:
+        raise CorruptMask(f"{source}: holds mask {mask_file.digest}, not {digest}")
+    return mask_file
+
+
+def holds_blob(path: Path, digest: str) -> bool:
+    """Whether the file at `path` is a whole copy of blob `digest` (False for a missing or damaged one)."""
+    try:
+        check_blob(path.read_bytes(), digest, str(path))
+    except (OSError, CorruptMask):
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -41,6 +88,34 @@ class VersionRecord:
     pushed_at: str
     removed_at: str | None = None  # set when the version was removed; the number stays taken
     tags: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self):
+        """Records come back from an index or a bucket that others can write: an invalid one never exists."""
+        try:
+            check_name(self.name)
+        except InvalidRef as e:
+            raise ValueError(str(e)) from None
+        counts = (self.version, self.nbytes, self.removed, self.masked)
+        if any(type(n) is not int or n < 0 for n in counts) or self.version < 1:
+            raise ValueError("version and counts must be whole numbers, the version from 1")
+        check_digest(self.digest)
+        check_digest(self.base_id, "base id")
+        if not isinstance(self.training, dict):
+            raise ValueError("training metadata must be an object")
+        if not all(isinstance(t, str) for t in (self.created_at, self.pushed_at)):
+            raise ValueError("times must be strings")
+        if self.removed_at is not None and not isinstance(self.removed_at, str):
+            raise ValueError("removed_at must be a string or null")
+
+    @classmethod
+    def from_stored(cls, raw: object) -> "VersionRecord":
+        """The inverse of `stored()` for whatever storage hands back: ValueError unless it is a valid record."""
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        keys = {f.name for f in fields(cls)} - {"tags"}
+        if set(raw) - keys or keys - {"removed_at"} - set(raw):
+            raise ValueError("its fields are not those of a version record")
+        return cls(**raw)
 
     @property
     def ref(self) -> str:
@@ -72,35 +147,45 @@ class BlobInfo:
 
 
 class Backend(Protocol):
+    """Every read returns only valid records and blobs that match their digest; anything else stored under the
+    backend's layout is skipped (with a warning) and listed by `problems`."""
+
     uri: str
 
-    def read_blob(self, digest: str) -> bytes: ...
+    def read_blob(self, digest: str) -> bytes:
+        """The blob's bytes, checked with `check_blob` (CorruptMask if damaged, NotFound if missing)."""
 
     def local_blob(self, digest: str) -> Path:
-        """A local file holding the blob (S3 downloads into the cache)."""
+        """A local file holding the blob, checked like `read_blob` (S3 refills its cache from the bucket)."""
 
     def list_blobs(self) -> list[BlobInfo]: ...
 
     def delete_blob(self, digest: str) -> None: ...
 
     def add_version(self, name: str, fields: dict[str, Any], blob: bytes, tags: list[str]) -> VersionRecord:
-        """Store `blob` durably, then create version max+1 of `name` (tombstones count) in one atomic step, and
-        point `tags` at it (in the same step where the backend can)."""
+        """Store `blob` durably (replacing a damaged copy), then create version max+1 of `name` (tombstones count)
+        in one atomic step, and point `tags` at it (in the same step where the backend can). Raises BaseMismatch
+        if `name` is bound to another base, checked atomically with the claim."""
 
     def records(self, name: str | None = None) -> list[VersionRecord]:
         """Every version record, tombstones included, sorted by (name, version), without tags."""
 
-    def mark_removed(self, name: str, version: int, when: str) -> None: ...
+    def mark_removed(self, name: str, version: int, when: str) -> None:
+        """Make a live version a tombstone and delete the tags pointing at it; NotFound if it is not live."""
 
     def tags(self, name: str | None = None) -> dict[tuple[str, str], int]:
         """(name, tag) -> version."""
 
-    def set_tag(self, name: str, tag: str, version: int) -> None: ...
+    def set_tag(self, name: str, tag: str, version: int) -> None:
+        """Point a tag at a live version; NotFound (and no tag left behind) if the version is not live."""
 
     def delete_tag(self, name: str, tag: str) -> bool: ...
 
     def collect_garbage(self, referenced: set[str], grace_s: float) -> list[str]:
         """Delete blobs not in `referenced` (and older than `grace_s` where writers take no lock)."""
+
+    def problems(self) -> list[str]:
+        """One line per stored object that reads skip: not a valid version record, tag, name record or blob."""
 
 
 def open_backend(uri: str) -> Backend:
@@ -129,7 +214,7 @@ class Store:
         header = mask_file.header
         if base_id is not None and header.base_id != base_id:
             raise BaseMismatch(f"mask {path}", header.base_id, base_id)
-        existing = [r for r in self.backend.records(name) if r.live]
+        existing = self.backend.records(name)  # removed versions count: a name's base never changes
         if existing and existing[-1].base_id != header.base_id:
             raise BaseMismatch(f"mask {path}", header.base_id, f"{existing[-1].base_id} of {name}@{existing[-1].version}")
         record = self.backend.add_version(
@@ -167,9 +252,6 @@ class Store:
     def remove(self, ref: str) -> VersionRecord:
         """Remove one version (its number is never reused) and the tags pointing at it."""
         record = self.resolve(ref)
-        for (name, tag), version in self.backend.tags(record.name).items():
-            if version == record.version:
-                self.backend.delete_tag(name, tag)
         self.backend.mark_removed(record.name, record.version, utc_now())
         return record
 
@@ -213,9 +295,11 @@ class Store:
         if parsed.tag == LATEST:
             return self._with_tags(live[-1], live)
         version = self.backend.tags(parsed.name).get((parsed.name, parsed.tag))
+        if version is None:
+            raise NotFound(f"no tag {parsed} in store {self.uri}")
         found = [r for r in live if r.version == version]
         if not found:
-            raise NotFound(f"no tag {parsed} in store {self.uri}")
+            raise NotFound(f"tag {parsed} points at {parsed.name}@{version}, which is not in store {self.uri}")
         return self._with_tags(found[0], live)
 
     def _resolve_digest(self, prefix: str) -> VersionRecord:
@@ -236,35 +320,56 @@ class Store:
             tags.insert(0, LATEST)
         return VersionRecord(**{**record.stored(), "tags": tuple(tags)})
 
+    @contextmanager
+    def _blob_of(self, record: VersionRecord) -> Iterator[None]:
+        """A blob that fails its check is reported under the ref the user asked for, with the way to repair it."""
+        try:
+            yield
+        except (CorruptMask, NotFound) as e:
+            raise type(e)(f"{record.ref} is damaged: {e}; push its .mask file again to repair it") from e
+
     def read(self, ref: str) -> MaskFile:
         record = self.resolve(ref)
-        return parse_mask(self.backend.read_blob(record.digest), f"{self.uri} {record.ref}")
+        with self._blob_of(record):
+            return parse_mask(self.backend.read_blob(record.digest), f"{self.uri} {record.ref}")
 
     def local_path(self, record: VersionRecord) -> Path:
-        return self.backend.local_blob(record.digest)
+        """A local file holding the version's blob, checked against its digest just now."""
+        with self._blob_of(record):
+            return self.backend.local_blob(record.digest)
 
     def pull(self, ref: str, out: str | os.PathLike) -> VersionRecord:
         record = self.resolve(ref)
-        data = self.backend.read_blob(record.digest)
-        parse_mask(data, f"{self.uri} {record.ref}")
+        with self._blob_of(record):
+            data = self.backend.read_blob(record.digest)
         atomic_write_bytes(out, data)
         return record
 
     def verify(self, ref: str | None = None) -> list[str]:
-        """Re-hash and decode every live version's blob (or one); returns one line per problem."""
+        """Re-hash and decode every live version's blob (or one); for the whole store also report tags that
+        point at no live version and stored objects that reads skip. Returns one line per problem."""
         records = [self.resolve(ref)] if ref else self.versions()
-        problems = []
-        for record in records:
-            try:
-                mask_file = parse_mask(self.backend.read_blob(record.digest), f"{record.ref} blob {record.digest}")
-                mask_file.decode()
-                if mask_file.digest != record.digest:
-                    problems.append(f"{record.ref}: blob holds digest {mask_file.digest}, record says {record.digest}")
-            except CorruptMask as e:
-                problems.append(f"{record.ref}: {e}")
-            except NotFound:
-                problems.append(f"{record.ref}: blob {record.digest} is missing")
+        problems = [line for record in records if (line := self._blob_problem(record))]
+        if ref is None:
+            problems += self._dangling_tags() + self.backend.problems()
         return problems
+
+    def _blob_problem(self, record: VersionRecord) -> str | None:
+        try:
+            parse_mask(self.backend.read_blob(record.digest), f"{record.ref} blob {record.digest}").decode()
+        except CorruptMask as e:
+            return f"{record.ref}: {e}"
+        except NotFound:
+            return f"{record.ref}: blob {record.digest} is missing"
+        return None
+
+    def _dangling_tags(self) -> list[str]:
+        live = {(r.name, r.version) for r in self.backend.records() if r.live}
+        return [
+            f"tag {name}:{tag} points at {name}@{version}, which does not exist"
+            for (name, tag), version in sorted(self.backend.tags().items())
+            if (name, version) not in live
+        ]
 
 
 def _span(records: list[VersionRecord]) -> str:

@@ -125,3 +125,28 @@ def test_unwritable_cache_is_one_line(run, tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("MASKSERVE_CACHE", str(blocked / "cache"))
     code, _, err = run("base-id", str(tiny_model))
     assert code == 1 and "MASKSERVE_CACHE" in err and len(err.strip().splitlines()) == 1
+
+
+def test_pull_of_a_blob_holding_another_mask_is_one_line_naming_the_ref(run, mask_file, tmp_path):
+    other = tmp_path / "other.mask"
+    save_mask(random_mask(1), other)
+    run("push", str(mask_file), "--name", "math")
+    blob = next((tmp_path / "store" / "blobs").glob("*/*.mask"))
+    blob.write_bytes(other.read_bytes())
+    code, _, err = run("pull", "math", "-o", str(tmp_path / "out.mask"))
+    assert code == 1 and "math@1" in err and err.count("\n") == 1 and err.startswith("mask-store: error:")
+    assert not (tmp_path / "out.mask").exists()
+    code, out, _ = run("verify")
+    assert code == 1 and "math@1" in out
+
+
+def test_stray_s3_objects_break_no_command(s3_store_uri, mask_file, capsys):
+    import boto3
+
+    bucket, _, prefix = s3_store_uri.removeprefix("s3://").partition("/")
+    boto3.client("s3").put_object(Bucket=bucket, Key=f"{prefix}/versions/notes.json", Body=b"not a record")
+    assert main(["--store", s3_store_uri, "push", str(mask_file), "--name", "math"]) == 0
+    assert main(["--store", s3_store_uri, "ls"]) == 0
+    assert "math@1" in capsys.readouterr().out
+    assert main(["--store", s3_store_uri, "verify"]) == 1
+    assert "versions/notes.json" in capsys.readouterr().out

@@ -1,9 +1,11 @@
 import dataclasses
+import json
 
 import pytest
 
 from mask_store.errors import BaseMismatch, CorruptMask, InvalidRef, NotFound, StoreError
 from mask_store.format import encode_mask, parse_mask, read_mask_file, save_mask
+from mask_store.paths import cache_dir
 from mask_store.store import Store
 
 from .helpers import BASE_B, random_mask
@@ -173,3 +175,195 @@ def test_s3_gc_spares_a_blob_a_push_uploaded_after_its_listing(s3_store_uri, fil
     store.push(files[0], "b")  # between gc's listing and its deletes: re-uploads the same blob
     assert store.backend.collect_garbage(referenced=set(), grace_s=3600) == []
     assert store.verify() == [] and store.pull("b", files[0].with_name("out.mask"))
+
+
+# --- blobs are checked against their digest wherever they are read (issue 10, item 12) ---------------------------
+
+
+def test_a_blob_holding_another_mask_is_never_served(store, files, tmp_path):
+    rec_a = store.push(files[0], "a")
+    store.push(files[1], "b")
+    _overwrite_blob(store, rec_a.digest, files[1].read_bytes())  # a whole, valid mask, but not a@1's
+    out = tmp_path / "out.mask"
+    with pytest.raises(CorruptMask, match="a@1"):
+        store.pull("a", out)
+    assert not out.exists()
+    with pytest.raises(CorruptMask, match="a@1"):
+        store.read("a")
+    with pytest.raises(CorruptMask, match="a@1"):
+        store.local_path(rec_a)
+    problems = store.verify()
+    assert len(problems) == 1 and "a@1" in problems[0]
+
+
+def test_pushing_again_repairs_a_damaged_blob(store, files, tmp_path):
+    rec = store.push(files[0], "a")
+    data = bytearray(files[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    _overwrite_blob(store, rec.digest, bytes(data))
+    assert store.push(files[0], "b").digest == rec.digest
+    assert store.verify() == []
+    store.pull("a@1", tmp_path / "out.mask")
+    assert (tmp_path / "out.mask").read_bytes() == files[0].read_bytes()
+
+
+def test_s3_cache_copy_is_checked_and_refilled(s3_store_uri, files):
+    store = Store(s3_store_uri)
+    rec = store.push(files[0], "a")
+    cached = store.local_path(rec)
+    cached.write_bytes(files[1].read_bytes())  # the cache now holds another mask under a@1's digest
+    assert store.local_path(rec).read_bytes() == files[0].read_bytes()
+
+
+def test_s3_damaged_blob_never_enters_the_cache(s3_store_uri, files, tmp_path):
+    store = Store(s3_store_uri)
+    fresh = tmp_path / "fresh.mask"  # a digest no other test has put in the shared cache
+    save_mask(random_mask(1234), fresh)
+    rec = store.push(fresh, "a")
+    _overwrite_blob(store, rec.digest, files[1].read_bytes())
+    with pytest.raises(CorruptMask, match="a@1"):
+        store.local_path(rec)
+    assert not any(p.name.startswith(rec.digest) for p in (cache_dir() / "s3-blobs").glob("*"))
+
+
+# --- whatever is read from the bucket or the index is validated before use (issue 10, item 13) -----------------
+
+
+def _put_raw(store, key, body: bytes):
+    """Write an object behind the store's back (S3) under the store's prefix."""
+    store.backend.s3.put_object(Bucket=store.backend.bucket, Key=store.backend.prefix + key, Body=body)
+
+
+def _record_body(store, ref, **changes):
+    record = store.resolve(ref)
+    return json.dumps({**record.stored(), **changes}).encode()
+
+
+def test_s3_stray_objects_are_skipped_and_reported(s3_store_uri, files, caplog):
+    store = Store(s3_store_uri)
+    store.push(files[0], "math", tags=["prod"])
+    strays = {
+        "versions/notes.json": b'{"hello": 1}',
+        "versions/math/notes.json": b"not json at all",
+        "versions/math/00000007.json": b"\x00\xff garbage",
+        "versions/other/00000001.json": b'["a", "list"]',
+        "versions/other/00000002.json": b"[" * 100_000 + b"]" * 100_000,
+        "tags/readme.txt": b"hi",
+        "tags/math/beta.json": b"{}",
+        "tags/math/gamma.json": b'{"version": "1"}',
+        "blobs/readme.txt": b"hi",
+    }
+    for key, body in strays.items():
+        _put_raw(store, key, body)
+    with caplog.at_level("WARNING"):
+        assert [r.ref for r in store.versions()] == ["math@1"]
+    assert "versions/notes.json" in caplog.text
+    assert store.resolve("math:prod").version == 1
+    assert store.push(files[1], "math").version == 8  # number 7 is taken by the garbage object
+    with pytest.raises(NotFound, match="math:beta"):
+        store.resolve("math:beta")
+    problems = "\n".join(store.verify())
+    for key in strays:
+        assert key in problems
+    assert store.gc(grace_s=0) == []
+    assert store.backend._get(store.backend._key("blobs/readme.txt")) == b"hi"  # not ours: never deleted
+
+
+def test_s3_damaged_name_record_refuses_pushes_cleanly(s3_store_uri, files):
+    store = Store(s3_store_uri)
+    _put_raw(store, "names/math.json", b'{"base_id": "../.."}')
+    with pytest.raises(StoreError, match="names/math.json"):
+        store.push(files[0], "math")
+    assert any("names/math.json" in p for p in store.verify())
+
+
+def test_s3_record_with_a_path_for_a_digest_is_refused(s3_store_uri, files, tmp_path):
+    store = Store(s3_store_uri)
+    store.push(files[0], "math")
+    evil = "../../../../../escaped"
+    _put_raw(store, f"blobs/{evil}.mask", files[0].read_bytes())
+    _put_raw(store, "versions/evil/00000001.json", _record_body(store, "math@1", name="evil", digest=evil))
+    assert [r.ref for r in store.versions()] == ["math@1"]
+    with pytest.raises(NotFound, match="evil"):
+        store.resolve("evil")
+    assert any("versions/evil/00000001.json" in p for p in store.verify())
+    assert not list(cache_dir().parent.rglob("escaped*"))
+
+
+def test_s3_record_under_another_key_is_refused(s3_store_uri, files):
+    store = Store(s3_store_uri)
+    store.push(files[0], "math")
+    _put_raw(store, "versions/math/00000002.json", _record_body(store, "math@1", version=5))
+    assert [r.ref for r in store.versions()] == ["math@1"]
+
+
+def test_local_index_rows_are_validated(tmp_path, files):
+    store = Store(tmp_path / "store")
+    rec = store.push(files[0], "math")
+    row = {**rec.stored(), "training": "{}"}
+    bad_rows = [{**row, "name": "evil", "digest": "../../escaped"},
+                {**row, "name": "junk", "training": "not json"},
+                {**row, "name": "neg", "nbytes": -1}]
+    for bad in bad_rows:
+        store.backend.db.execute(f"INSERT INTO versions VALUES ({', '.join('?' * len(bad))})", list(bad.values()))
+    store.backend.db.execute("INSERT INTO tags VALUES ('math', 'prod', 'one')")
+    (tmp_path / "store" / "blobs" / "zz").mkdir()
+    (tmp_path / "store" / "blobs" / "zz" / "notes.mask").write_bytes(b"x")
+    assert [r.ref for r in store.versions()] == ["math@1"]
+    with pytest.raises(NotFound, match="evil"):
+        store.resolve("evil")
+    problems = "\n".join(store.verify())
+    assert "evil@1" in problems and "junk@1" in problems and "neg@1" in problems and "math:prod" in problems
+    assert "notes.mask" in problems
+    assert store.gc(grace_s=0) == []
+
+
+# --- one base per name, atomically; tags point at versions that exist (issue 10, item 13) -----------------------
+
+
+def test_racing_first_pushes_with_different_bases(store, tmp_path):
+    """Both pushes passed Store.push's check before either claimed a version: the backend refuses the second."""
+    first, second = tmp_path / "a.mask", tmp_path / "b.mask"
+    save_mask(random_mask(0), first)
+    save_mask(random_mask(1, base_id=BASE_B), second)
+    for path in (first, second):
+        header = read_mask_file(path).header
+        fields = {"digest": header.digest, "base_id": header.base_id, "nbytes": path.stat().st_size,
+                  "removed": header.removed_count, "masked": header.masked_count, "training": header.training,
+                  "created_at": header.created_at, "pushed_at": "now"}
+        if path is first:
+            store.backend.add_version("math", fields, path.read_bytes(), [])
+        else:
+            with pytest.raises(BaseMismatch):
+                store.backend.add_version("math", fields, path.read_bytes(), [])
+    assert [r.ref for r in store.versions()] == ["math@1"]
+
+
+def test_a_name_keeps_its_base_after_its_versions_are_removed(store, tmp_path, files):
+    other = tmp_path / "other.mask"
+    save_mask(random_mask(5, base_id=BASE_B), other)
+    store.push(files[0], "math")
+    store.remove("math@1")
+    with pytest.raises(BaseMismatch):
+        store.push(other, "math")
+
+
+def test_tagging_a_version_removed_meanwhile_leaves_no_tag(store, files):
+    """`tag` resolved math@2, then `rm math@2` ran to completion, then the tag is written."""
+    store.push(files[0], "math")
+    store.push(files[1], "math")
+    store.remove("math@2")
+    with pytest.raises(NotFound, match="math@2"):
+        store.backend.set_tag("math", "prod", 2)
+    assert store.backend.tags("math") == {}
+    with pytest.raises(NotFound, match="math:prod"):
+        store.resolve("math:prod")
+
+
+def test_s3_tag_pointing_at_a_missing_version(s3_store_uri, files):
+    store = Store(s3_store_uri)
+    store.push(files[0], "math")
+    _put_raw(store, "tags/math/prod.json", b'{"version": 9}')
+    with pytest.raises(NotFound, match="math:prod"):
+        store.resolve("math:prod")
+    assert any("math:prod" in p and "math@9" in p for p in store.verify())

@@ -4,13 +4,15 @@ import random
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
+from mask_store.errors import BaseMismatch
 from mask_store.format import read_mask_file, save_mask
 from mask_store.store import Store
 
-from .helpers import random_mask
+from .helpers import BASE_B, random_mask
 
 # Each fault exits the process abruptly (no cleanup, like SIGKILL) at one point of a push.
 LOCAL_FAULTS = {
@@ -152,8 +154,6 @@ def test_local_push_sets_its_tags_in_the_version_transaction(tmp_path):
 
 def test_local_backend_rechecks_the_base_under_its_lock(tmp_path):
     """Two first pushes of one name with different bases: the second to commit is refused."""
-    from mask_store.errors import BaseMismatch
-
     store = Store(tmp_path / "store")
     path = tmp_path / "a.mask"
     save_mask(random_mask(0), path)
@@ -162,3 +162,42 @@ def test_local_backend_rechecks_the_base_under_its_lock(tmp_path):
     with pytest.raises(BaseMismatch):
         store.backend.add_version("math", {**fields, "base_id": "f" * 64}, path.read_bytes(), [])
     assert [r.ref for r in store.versions()] == ["math@1"]
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_racing_first_pushes_with_different_bases_never_both_land(tmp_path, backend, request):
+    """Two pushes of a new name, each held until both have passed Store.push's own base check: one lands."""
+    uri = str(tmp_path / "store") if backend == "local" else request.getfixturevalue("s3_store_uri")
+    Store(uri)
+    paths = [tmp_path / "a.mask", tmp_path / "b.mask"]
+    save_mask(random_mask(0), paths[0])
+    save_mask(random_mask(1, base_id=BASE_B), paths[1])
+    for trial in range(5):
+        barrier = threading.Barrier(2, timeout=30)
+        outcomes = []
+
+        def push(path):
+            store = Store(uri)
+            real = store.backend.records
+            calls = []
+
+            def records(name=None):
+                out = real(name)
+                if not calls:  # Store.push's check has read the (empty) name: wait for the other push
+                    calls.append(name)
+                    barrier.wait()
+                return out
+
+            store.backend.records = records
+            try:
+                outcomes.append(store.push(path, f"race{trial}").base_id)
+            except BaseMismatch:
+                outcomes.append("refused")
+
+        threads = [threading.Thread(target=push, args=(p,)) for p in paths]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert outcomes.count("refused") == 1, outcomes
+        assert len({r.base_id for r in Store(uri).versions(name=f"race{trial}")}) == 1
