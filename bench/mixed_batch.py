@@ -1,12 +1,16 @@
-"""Decode throughput with per-request masks: 16 concurrent requests over 0, 1, 4 and 8 distinct masks.
+"""Decode throughput with per-request masks, beside vLLM's multi-LoRA on the same requests.
 
-    python bench/mixed_batch.py [--model DIR] [--requests 16] [--tokens 128] [--dtype auto]
+    python bench/mixed_batch.py [--model DIR] [--requests 16] [--tokens 128] [--dtype DTYPE] [--repeat 5]
 
-Baselines, in the same run: our engine with no mask (the primary baseline: same engine, and its rounds are
-interleaved with the masked ones in a shuffled order so drift hits every configuration alike) and plain vLLM on the
-same model without the extension (a separate engine, started first). Masks have the local-MFT shape (layers 20-23,
-all projections, 10% removed; random positions, which cost what trained ones do). Each figure is generated tokens
-/ wall seconds for the whole batch, the median of --repeat rounds after a warm-up.
+Three engines on the same model and requests, one after another, each in the compilation mode it gets by default
+(vLLM compiles on CPU; with LoRA enabled it runs eager, vllm/platforms/cpu.py):
+- plain vLLM, the baseline every ratio is taken against;
+- vLLM multi-LoRA with 0, 1 and 8 adapters (rank 16, the same layers and projections the masks touch);
+- maskserve with 0, 1, 4 and 8 distinct masks (local-MFT shape: layers 20-23, all projections, 10% removed;
+  random positions cost what trained ones do).
+Within an engine, rounds are interleaved in a shuffled order so drift hits every configuration alike. Each figure is
+generated tokens / wall seconds for the whole batch, the median of --repeat rounds after a warm-up. The dtype is
+the one fast on this CPU unless --dtype says otherwise; the CPU flags that decide it are printed with the figures.
 """
 
 import argparse
@@ -17,11 +21,50 @@ import tempfile
 import time
 from pathlib import Path
 
+LAYERS = "20-23"
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
 
 def tokens_per_s(generate) -> float:
     started = time.perf_counter()
     outputs = generate()
     return sum(len(o.outputs[0].token_ids) for o in outputs) / (time.perf_counter() - started)
+
+
+def measure(configs: dict, run, repeat: int) -> dict:
+    """Median tokens/s per configuration, rounds interleaved in shuffled order after one warm-up each."""
+    for config in configs.values():
+        run(config)
+    samples = {name: [] for name in configs}
+    order = list(configs)
+    for _ in range(repeat):
+        random.shuffle(order)
+        for name in order:
+            samples[name].append(tokens_per_s(lambda c=configs[name]: run(c)))
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def make_adapters(model: Path, out: Path, count: int, rank: int) -> list[Path]:
+    """`count` random LoRA adapters (peft) on the masks' layers and projections."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    first, last = (int(x) for x in LAYERS.split("-"))
+    paths = []
+    for i in range(count):
+        torch.manual_seed(i)
+        base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+        config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=PROJECTIONS,
+                            layers_to_transform=list(range(first, last + 1)), init_lora_weights=False)
+        get_peft_model(base, config).save_pretrained(out / f"lora{i}")
+        paths.append(out / f"lora{i}")
+    return paths
+
+
+def shutdown(llm) -> None:
+    llm.llm_engine.engine_core.shutdown()
+    gc.collect()
 
 
 def main() -> None:
@@ -30,63 +73,60 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=128, help="generated tokens per request")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--layers", default="20-23")
+    parser.add_argument("--dtype", default=None, help="default: the dtype that is fast on this CPU")
+    parser.add_argument("--lora-rank", type=int, default=16)
     args = parser.parse_args()
 
     from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
 
     from mask_store.default_model import default_model_dir
+    from mask_store.format import save_mask
     from mask_store.store import Store
     from runtime.engine import Engine
-    from mask_store.format import save_mask
-    from runtime.requests import default_engine_args
+    from runtime.requests import CPU_KV_CACHE_BYTES, cpu_flags, fast_dtype
     from trainer.baselines import baseline_mask
 
     model = Path(args.model) if args.model else default_model_dir()
+    dtype = args.dtype or fast_dtype()
     work = Path(tempfile.mkdtemp(prefix="bench-mixed-"))
     store = Store(work / "store")
     for i in range(8):
-        save_mask(baseline_mask(model, "random", args.layers, "all", 0.1, seed=i), work / f"{i}.mask")
+        save_mask(baseline_mask(model, "random", LAYERS, "all", 0.1, seed=i), work / f"{i}.mask")
         store.push(work / f"{i}.mask", f"task{i}")
+    adapters = make_adapters(model, work, 8, args.lora_rank)
 
     prompts = [f"Write a long story about a robot number {i} who learns to paint." for i in range(args.requests)]
     params = SamplingParams(max_tokens=args.tokens, temperature=0.0, ignore_eos=True)
-    engine_args = dict(dtype=args.dtype, max_model_len=1024, max_num_seqs=args.requests)
+    common = dict(model=str(model), dtype=dtype, max_model_len=1024, max_num_seqs=args.requests,
+                  kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enable_prefix_caching=True)
 
-    plain_args = {k: v for k, v in default_engine_args(model=str(model), **engine_args).items()
-                  if k != "worker_extension_cls"}
-    llm = LLM(**plain_args)
-    dtype = llm.llm_engine.model_config.dtype
-    run_plain = lambda: llm.generate(prompts, params, use_tqdm=False)  # noqa: E731
-    run_plain()  # warm-up
-    plain = statistics.median(tokens_per_s(run_plain) for _ in range(args.repeat))
-    llm.llm_engine.engine_core.shutdown()
-    del llm
-    gc.collect()
+    llm = LLM(**common)
+    plain = measure({"plain": None}, lambda _: llm.generate(prompts, params, use_tqdm=False), args.repeat)["plain"]
+    shutdown(llm)
 
-    engine = Engine(model, store, **engine_args)
-    configs = {distinct: [None if distinct == 0 else f"task{i % distinct}" for i in range(args.requests)]
-               for distinct in (0, 1, 4, 8)}
-    for masks in configs.values():
-        engine.generate(prompts, masks, params)  # warm-up; loads the masks
-    samples = {distinct: [] for distinct in configs}
-    order = list(configs)
-    for _ in range(args.repeat):
-        random.shuffle(order)
-        for distinct in order:
-            samples[distinct].append(tokens_per_s(lambda m=configs[distinct]: engine.generate(prompts, m, params)))
-    engine.llm.llm_engine.engine_core.shutdown()
+    llm = LLM(**common, enable_lora=True, max_loras=8, max_lora_rank=args.lora_rank)
+    lora_requests = [LoRARequest(f"lora{i}", i + 1, str(p)) for i, p in enumerate(adapters)]
+    lora_configs = {n: [None if n == 0 else lora_requests[i % n] for i in range(args.requests)] for n in (0, 1, 8)}
+    lora = measure(lora_configs, lambda c: llm.generate(prompts, params, lora_request=c, use_tqdm=False), args.repeat)
+    shutdown(llm)
 
-    rows = [("plain vLLM (no extension)", plain)]
-    rows += [(f"maskserve, {d} distinct masks", statistics.median(samples[d])) for d in configs]
-    ours_base = rows[1][1]
-    print(f"\nmodel {model.name}, dtype {dtype}, {args.requests} requests x {args.tokens} tokens, "
-          f"masks on layers {args.layers} (all projections, 10%)")
-    print(f"median of {args.repeat} rounds; the ratio to 'ours, no mask' is the primary figure")
-    print(f"{'configuration':<34} {'tok/s':>8} {'vs plain':>9} {'vs ours, no mask':>17}")
+    engine = Engine(model, store, **{k: v for k, v in common.items() if k != "model"})
+    mask_configs = {n: [None if n == 0 else f"task{i % n}" for i in range(args.requests)] for n in (0, 1, 4, 8)}
+    masks = measure(mask_configs, lambda c: engine.generate(prompts, c, params), args.repeat)
+    shutdown(engine.llm)
+
+    rows = [("plain vLLM", plain)]
+    rows += [(f"vLLM multi-LoRA, {n} adapters (r{args.lora_rank})", tps) for n, tps in lora.items()]
+    rows += [(f"maskserve, {n} distinct masks", tps) for n, tps in masks.items()]
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))
+    print(f"\nmodel {model.name}, dtype {dtype}, CPU flags {' '.join(flags)}; {args.requests} requests x "
+          f"{args.tokens} tokens; masks and adapters on layers {LAYERS}, all projections")
+    print(f"median of {args.repeat} rounds; every ratio is to plain vLLM in this run")
+    print(f"{'configuration':<38} {'tok/s':>8} {'vs plain':>9} {'vs own 0':>9}")
     for label, tps in rows:
-        print(f"{label:<34} {tps:>8.1f} {tps / plain:>9.3f} {tps / ours_base:>17.3f}")
+        own_zero = lora[0] if "LoRA" in label else masks[0] if "maskserve" in label else plain
+        print(f"{label:<38} {tps:>8.1f} {tps / plain:>9.3f} {tps / own_zero:>9.3f}")
 
 
 if __name__ == "__main__":

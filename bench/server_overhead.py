@@ -2,7 +2,7 @@
 
     python bench/server_overhead.py [--model DIR] [--concurrency 16] [--tokens 64] [--rounds 3] [--cold-masks 6]
 
-Both servers run the same model with the same engine options, side by side (the idle one waits), and get the same
+Both servers run the same model with the same engine options (vLLM's default compilation), side by side (the idle one waits), and get the same
 load in alternating rounds: --concurrency streams of --tokens tokens (ignore_eos), --rounds rounds each; throughput
 is completion tokens / wall seconds, median round. Alternating in one run keeps machine drift out of the ratio.
 Then, on mask-serve: time to first token of a streaming request for the base model, for masks the server has never
@@ -65,13 +65,13 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--cold-masks", type=int, default=6)
-    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--dtype", default=None, help="default: the dtype that is fast on this CPU")
     args = parser.parse_args()
 
     from mask_store.default_model import default_model_dir
     from mask_store.format import save_mask
     from mask_store.store import Store
-    from runtime.requests import CPU_KV_CACHE_BYTES
+    from runtime.requests import CPU_KV_CACHE_BYTES, cpu_flags, fast_dtype
     from serve.launch import free_port, start, stop, wait_healthy
     from trainer.baselines import baseline_mask
 
@@ -82,8 +82,9 @@ def main() -> None:
         save_mask(baseline_mask(model, "random", "20-23", "all", 0.1, seed=i), work / f"{i}.mask")
         store.push(work / f"{i}.mask", f"task{i}")
     name = model.name
-    engine = ["--model", str(model), "--served-model-name", name, "--dtype", args.dtype, "--max-model-len", "1024",
-              "--enforce-eager", "--enable-prefix-caching", "--max-num-seqs", str(args.concurrency)]
+    dtype = args.dtype or fast_dtype()
+    engine = ["--model", str(model), "--served-model-name", name, "--dtype", dtype, "--max-model-len", "1024",
+              "--enable-prefix-caching", "--max-num-seqs", str(args.concurrency)]  # vLLM's default compilation
     if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exists():
         engine += ["--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)]
 
@@ -113,8 +114,9 @@ def main() -> None:
 
     med = statistics.median
     plain_tps, ours_tps = med(runs["plain"]), med(runs["ours"])
-    print(f"\nmodel {name}, {args.concurrency} concurrent streams x {args.tokens} tokens, "
-          f"median of {args.rounds} alternating rounds")
+    flags = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx", "amx"))))
+    print(f"\nmodel {name}, dtype {dtype}, CPU flags {flags}; {args.concurrency} concurrent streams x {args.tokens} "
+          f"tokens, median of {args.rounds} alternating rounds")
     print(f"{'server':<28} {'tok/s':>8} {'ratio':>7}")
     print(f"{'plain vLLM':<28} {plain_tps:>8.1f} {1.0:>7.3f}")
     print(f"{'mask-serve, no mask':<28} {ours_tps:>8.1f} {ours_tps / plain_tps:>7.3f}")

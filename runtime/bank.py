@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from mask_store.errors import BankFull, BaseMismatch
+from mask_store.errors import BankFull, BaseMismatch, CorruptMask
 from mask_store.format import read_mask_file
 from mask_store.mask import Mask
 
@@ -53,10 +53,16 @@ class MaskBank:
     def slot_of(self, digest: str) -> int:
         return self.loaded[digest].slot
 
-    def load(self, path: str | Path, pin: bool = False, protect: Iterable[str] = ()) -> LoadedMask:
-        """Load the mask file at `path` (a no-op if its digest is loaded; `pin` can only be added)."""
+    def load(self, path: str | Path, pin: bool = False, protect: Iterable[str] = (),
+             digest: str | None = None) -> LoadedMask:
+        """Load the mask file at `path` (a no-op if its digest is loaded; `pin` can only be added).
+
+        `digest`: the mask the caller resolved; a file that holds any other mask is refused, never loaded in its place.
+        """
         started = time.perf_counter()
         mask_file = read_mask_file(path)
+        if digest is not None and mask_file.digest != digest:
+            raise CorruptMask(f"{path} holds mask {mask_file.digest[:12]}, not the mask {digest[:12]} it was stored as")
         digest = mask_file.digest
         if digest in self.loaded:
             self.loaded[digest].pinned |= pin

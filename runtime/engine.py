@@ -52,7 +52,7 @@ class Engine:
     def load(self, ref: str, pin: bool = False, protect: Sequence[str] = ()) -> ServedMask:
         """Resolve REF and make sure every worker holds it, sparing the masks in `protect` (digests)."""
         served = resolve(self.store, ref, self.base_id, self.expected)
-        first_result(self.llm.collective_rpc("maskserve_load", args=(served.path, pin, list(protect))))
+        first_result(self.llm.collective_rpc("maskserve_load", args=(served.path, pin, list(protect), served.digest)))
         return served
 
     def unload(self, ref: str) -> bool:
@@ -109,7 +109,8 @@ class Engine:
     def _canary(self) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             probe = canary.make_probe(self.config, self.base_id, Path(tmp))
-            first_result(self.llm.collective_rpc("maskserve_load", args=(str(probe.mask_path), False, [])))
+            first_result(self.llm.collective_rpc("maskserve_load",
+                                                 args=(str(probe.mask_path), False, [], probe.digest)))
             served = {"canary": ServedMask("canary", 0, probe.digest, str(probe.mask_path))}
             try:
                 got = self.prompt_logprobs([probe.token_ids] * 2, [None, "canary"], _served=served)

@@ -15,6 +15,8 @@ maskserve bug, never a client's doing: it stops the engine rather than serve the
 RPC methods report MaskErrors in their result dicts: an exception in a worker would take the engine down.
 """
 
+import logging
+
 import numpy as np
 from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
 
@@ -26,6 +28,8 @@ from .bank import MaskBank
 from .deltas import CheckpointReader, build_deltas
 from .layout import ModelShape, check_mask_tensors, vllm_placement
 from .requests import token_matches
+
+logger = logging.getLogger(__name__)
 
 
 class MaskWorkerExtension:
@@ -55,14 +59,20 @@ class MaskWorkerExtension:
         installed.router.route_step = self._maskserve_route
         return {"layers": len(installed.names), "slots": installed.table.num_slots}
 
-    def maskserve_load(self, path: str, pin: bool = False, protect: list[str] = ()) -> dict:
-        """Load a mask; the report lists the masks evicted to make room, so the API side's view stays exact."""
+    def maskserve_load(self, path: str, pin: bool = False, protect: list[str] = (), digest: str | None = None) -> dict:
+        """Load a mask; the report lists the masks evicted to make room, so the API side's view stays exact.
+
+        Errors come back in the report: this runs in the engine's process, which must outlive any one bad mask."""
         bank = self._maskserve_bank
         before = set(bank.loaded)
         try:
-            entry = bank.load(path, pin=pin, protect={*protect, *self._maskserve_held()})
+            entry = bank.load(path, pin=pin, protect={*protect, *self._maskserve_held()}, digest=digest)
         except MaskError as e:
             return {"error": str(e), "status": e.status, "kind": type(e).__name__}
+        except Exception as e:  # a bug or an unreadable file: fail this load, keep serving the others
+            logger.exception("loading mask %s from %s failed", digest, path)
+            return {"error": f"loading mask {path} failed: {type(e).__name__}: {e}", "status": 500,
+                    "kind": "MaskError"}
         return {"digest": entry.digest, "slot": entry.slot, "bytes": entry.nbytes, "load_ms": entry.load_ms,
                 "pinned": entry.pinned, "evicted": sorted(before - set(bank.loaded))}
 

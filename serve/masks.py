@@ -57,7 +57,7 @@ class MaskService:
         with tempfile.TemporaryDirectory() as tmp:
             probe = canary.make_probe(config, self.base_id, Path(tmp))
             served = ServedMask("canary", 0, probe.digest, str(probe.mask_path))
-            await self._rpc("maskserve_load", served.path, False, [])
+            await self._rpc("maskserve_load", served.path, False, [], served.digest)
             try:
                 got = (await generate(probe.token_ids, None), await generate(probe.token_ids, served))
             finally:
@@ -113,7 +113,7 @@ class MaskService:
         try:
             # Spare masks in flight and masks other loads are bringing in for requests still waiting.
             protect = sorted({*self._in_flight, *self._loading} - {served.digest})
-            report = await self._rpc("maskserve_load", served.path, pin, protect)
+            report = await self._rpc("maskserve_load", served.path, pin, protect, served.digest)
         finally:
             self._loads -= 1
             if not self._loads:

@@ -85,3 +85,16 @@ def test_loading_twice_is_a_no_op(tiny_model, paths):
     first = bank.load(paths[0])
     assert bank.load(paths[0], pin=True) is first and first.pinned
     assert np.count_nonzero([m.pinned for m in bank.loaded.values()]) == 1
+
+
+def test_a_file_holding_another_mask_is_refused(tiny_model, paths):
+    """A damaged or swapped blob never loads under the digest the server resolved."""
+    from mask_store.errors import CorruptMask
+    from mask_store.format import read_mask_file
+
+    bank = _bank(tiny_model, 2)
+    wanted = read_mask_file(paths[0]).digest
+    with pytest.raises(CorruptMask, match="holds mask"):
+        bank.load(paths[1], digest=wanted)
+    assert len(bank) == 0
+    assert bank.load(paths[0], digest=wanted).digest == wanted

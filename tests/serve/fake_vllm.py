@@ -27,7 +27,7 @@ class FakeEngine:
         self.loaded: dict[str, dict] = {}  # least recently used first
         self.calls: list[tuple[str, tuple]] = []
 
-    def _load(self, path: str, pin: bool, protect: list[str] = ()) -> dict:
+    def _load(self, path: str, pin: bool, protect: list[str] = (), expect: str | None = None) -> dict:
         digest = read_mask_file(path).digest
         if digest in self.loaded:
             self.loaded[digest]["pinned"] |= pin
