@@ -39,7 +39,9 @@ def test_parser_either_parses_or_raises_invalid_ref(text):
     assert MaskRef.parse(str(ref)) == ref
 
 
-@pytest.mark.parametrize("text", ["math@١", "math@١٢", "x@²", "math@１", "math@𝟙", "math@1\u0663", "math@" + "9" * 5000])
+@pytest.mark.parametrize(
+    "text", ["math@١", "math@١٢", "x@²", "math@１", "math@𝟙", "math@1\u0663", "math@" + "9" * 5000]
+)
 def test_versions_are_ascii_digits_only(text):
     """str.isdigit and int() take Arabic-Indic, superscript and fullwidth digits; a ref must not."""
     with pytest.raises(InvalidRef, match="version"):
