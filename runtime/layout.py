@@ -26,7 +26,7 @@ class IncompatibleMask(MaskError):
 
     status = 422
 
-_WEIGHT = re.compile(r"(?P<prefix>.*layers\.\d+\.)(?P<block>self_attn|mlp)\.(?P<proj>\w+)_proj\.weight")
+_WEIGHT = re.compile(r"(?P<prefix>.*layers\.\d+\.)(?P<block>self_attn|mlp)\.(?P<proj>\w+)_proj\.weight", re.ASCII)
 
 
 @dataclass(frozen=True)

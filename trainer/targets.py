@@ -12,7 +12,7 @@ from mask_store.errors import ModelError
 ATTN = ("q", "k", "v", "o")
 MLP = ("gate", "up", "down")
 MODULE_SETS = {"all": ATTN + MLP, "attn": ATTN, "mlp": MLP}
-_WEIGHT = re.compile(r"(?:.*\.)?layers\.(\d+)\.(self_attn|mlp)\.(\w+)_proj\.weight")
+_WEIGHT = re.compile(r"(?:.*\.)?layers\.(\d+)\.(self_attn|mlp)\.(\w+)_proj\.weight", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class TargetSpec:
 
     @classmethod
     def parse(cls, layers: str, modules: str) -> "TargetSpec":
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", layers)
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", layers, re.ASCII)
         if not m:
             raise ModelError(f"--layers {layers!r}: expected A-B (e.g. 20-23) or a single layer")
         first, last = int(m[1]), int(m[2] if m[2] is not None else m[1])

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
+from mask_store.errors import ModelError
 from mask_store.format import load_mask
 from mask_store.identity import base_id
 from mask_store.store import Store
@@ -91,3 +92,11 @@ def test_select_targets_orders_by_layer(tiny_model):
 
     names = select_targets(TargetSpec.parse("0-3", "down"), tensor_shapes(tiny_model))
     assert [n.split(".")[2] for n in names] == ["0", "1", "2", "3"]
+
+
+@pytest.mark.parametrize("layers", ["٢٠-٢٣", "２０", "1-²"])
+def test_layers_take_ascii_digits_only(layers):
+    from trainer.targets import TargetSpec
+
+    with pytest.raises(ModelError, match="--layers"):
+        TargetSpec.parse(layers, "all")
