@@ -18,7 +18,7 @@ from mask_store.errors import BankFull, BaseMismatch, CorruptMask
 from mask_store.format import read_mask_file
 from mask_store.mask import Mask
 
-from .slots import ENTRY_BYTES, SlotTable
+from .slots import SlotTable
 
 
 @dataclass
@@ -26,12 +26,9 @@ class LoadedMask:
     digest: str
     slot: int
     entries: int  # removed weights held in the slot
+    nbytes: int  # bytes of the slot's pool they fill
     load_ms: float
     pinned: bool
-
-    @property
-    def nbytes(self) -> int:
-        return self.entries * ENTRY_BYTES
 
 
 class MaskBank:
@@ -75,7 +72,8 @@ class MaskBank:
         deltas = {self.layer_index[m]: d for m, d in self.build(mask_file.decode()).items()}
         slot = self._free_slot(set(protect))
         entries = self.table.write(slot, deltas, what)
-        entry = LoadedMask(digest, slot, entries, 1e3 * (time.perf_counter() - started), pin)
+        entry = LoadedMask(digest, slot, entries, entries * self.table.entry_bytes,
+                           1e3 * (time.perf_counter() - started), pin)
         self.loaded[digest] = entry
         return entry
 
@@ -106,7 +104,7 @@ class MaskBank:
         return {
             "base_id": self.base_id,
             "slots": self.table.num_slots,
-            "slot_bytes": self.table.config.slot_entries * ENTRY_BYTES,
+            "slot_bytes": self.table.config.slot_entries * self.table.entry_bytes,
             "used_bytes": sum(m.nbytes for m in self.loaded.values()),
             "masks": [
                 {"digest": m.digest, "slot": m.slot, "bytes": m.nbytes, "pinned": m.pinned,

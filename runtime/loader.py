@@ -21,7 +21,7 @@ from vllm.model_executor.model_loader.base_loader import BaseModelLoader
 
 from . import vllm_compat
 from .masked_linear import MaskedApply
-from .slots import SlotConfig, SlotTable
+from .slots import Layout, SlotConfig, SlotTable
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,12 @@ class MaskServeLoader(BaseModelLoader):
         model = self.inner.load_model(vllm_config=vllm_config, model_config=model_config, prefix=prefix)
         layers = vllm_compat.masked_layers(model)
         settings = SlotSettings(**vllm_config.additional_config["maskserve"])
+        shapes = [vllm_compat.local_shape(m) for _, m in layers]
+        device = torch.device(vllm_config.device_config.device)
+        layout = Layout.for_device(device, max(n_in for _, n_in in shapes), model_config.dtype)
         config = SlotConfig.from_budget(settings.max_masks, settings.mask_memory_bytes,
-                                        vllm_compat.max_step_tokens(vllm_config))
-        table = SlotTable([vllm_compat.local_shape(m) for _, m in layers], config,
-                          torch.device(vllm_config.device_config.device))
+                                        vllm_compat.max_step_tokens(vllm_config), layout)
+        table = SlotTable(shapes, config, device)
         for index, (_, module) in enumerate(layers):
             module.quant_method = MaskedApply(module.quant_method, table, index)
         router = StepRouter(table)

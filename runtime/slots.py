@@ -8,8 +8,10 @@ graph or a captured CUDA graph holds these tensors and sees every later write.
 
     slot s, layer l:  D_{s,l} = CSR(crow[l][s], cols[s, seg[l][s]:], vals[s, seg[l][s]:])   (out_l, in_l)
 
-Removed weights cost 8 bytes each here (int32 column + fp32 value: MKL's sparse product needs both), plus 4 bytes per
-output row per slot per layer for the row offsets.
+What a removed weight costs depends on who walks the pools (`Layout`): on CPU 8 bytes (int32 column + fp32 value,
+what MKL's sparse product reads); on CUDA 4 bytes for a 16-bit model (int16 column where the layer's inputs fit,
+value in the model's dtype, read by the Triton kernel). Plus 4 bytes per output row per slot per layer for the row
+offsets.
 """
 
 from dataclasses import dataclass
@@ -21,7 +23,29 @@ from mask_store.errors import MaskError
 
 from . import correction
 
-ENTRY_BYTES = 8  # int32 column + fp32 value per removed weight
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The dtypes of a slot pool: a column index and a value per removed weight."""
+
+    index_dtype: torch.dtype
+    value_dtype: torch.dtype
+
+    @property
+    def entry_bytes(self) -> int:
+        return self.index_dtype.itemsize + self.value_dtype.itemsize
+
+    @classmethod
+    def for_device(cls, device: torch.device, max_in: int, model_dtype: torch.dtype) -> "Layout":
+        if device.type == "cpu":
+            return cls(torch.int32, torch.float32)  # MKL's sparse product
+        index = torch.int16 if max_in <= torch.iinfo(torch.int16).max + 1 else torch.int32
+        value = model_dtype if model_dtype.itemsize == 2 else torch.float32  # exact: the model's own values
+        return cls(index, value)
+
+
+CPU_LAYOUT = Layout(torch.int32, torch.float32)
 
 
 class MaskTooLarge(MaskError):
@@ -35,11 +59,13 @@ class SlotConfig:
     max_masks: int  # resident slots, like vLLM's max_loras
     slot_entries: int  # removed weights one slot holds, over all layers
     max_tokens: int  # rows one forward pass can carry (vLLM: max_num_batched_tokens)
+    layout: Layout = CPU_LAYOUT
 
     @classmethod
-    def from_budget(cls, max_masks: int, mask_memory_bytes: int, max_tokens: int) -> "SlotConfig":
+    def from_budget(cls, max_masks: int, mask_memory_bytes: int, max_tokens: int,
+                    layout: Layout = CPU_LAYOUT) -> "SlotConfig":
         """Split a byte budget evenly over `max_masks` slots."""
-        return cls(max_masks, max(1, mask_memory_bytes // max_masks // ENTRY_BYTES), max_tokens)
+        return cls(max_masks, max(1, mask_memory_bytes // max_masks // layout.entry_bytes), max_tokens, layout)
 
 
 class SlotTable:
@@ -48,8 +74,8 @@ class SlotTable:
         self.config = config
         self.shapes = layer_shapes  # (out, in) of each masked layer on this rank
         self.token_slots = torch.full((config.max_tokens,), -1, dtype=torch.int32, device=device)  # (N,)
-        self.cols = torch.zeros((s, p), dtype=torch.int32, device=device)  # (S, P)
-        self.vals = torch.zeros((s, p), dtype=torch.float32, device=device)  # (S, P)
+        self.cols = torch.zeros((s, p), dtype=config.layout.index_dtype, device=device)  # (S, P)
+        self.vals = torch.zeros((s, p), dtype=config.layout.value_dtype, device=device)  # (S, P)
         self.crow = [torch.zeros((s, out + 1), dtype=torch.int32, device=device) for out, _ in layer_shapes]
         self.seg = [torch.zeros((s,), dtype=torch.int64, device=device) for _ in layer_shapes]
         self.layer_ids = [correction.new_layer_id(s) for _ in layer_shapes]
@@ -59,6 +85,10 @@ class SlotTable:
     @property
     def num_slots(self) -> int:
         return self.config.max_masks
+
+    @property
+    def entry_bytes(self) -> int:
+        return self.config.layout.entry_bytes
 
     def correct(self, y: torch.Tensor, x: torch.Tensor, layer: int) -> None:
         """y (T, out) -= per row, x (T, in) @ D^T of the row's slot for layer `layer`: the op every masked layer runs."""
@@ -76,12 +106,14 @@ class SlotTable:
         for layer in sorted(deltas):
             d = deltas[layer]
             n = int(d.values().numel())
-            self.cols[slot, offset:offset + n] = d.col_indices().to(torch.int32)
-            self.vals[slot, offset:offset + n] = d.values().float()
+            self.cols[slot, offset:offset + n] = d.col_indices().to(self.cols.dtype)
+            self.vals[slot, offset:offset + n] = d.values().to(self.vals.dtype)
             self.crow[layer][slot] = d.crow_indices().to(torch.int32)
             self.seg[layer][slot] = offset
-            view = correction.csr_view(self.crow[layer], self.seg[layer], self.cols, self.vals, slot, self.shapes[layer])
-            correction.set_view(self.layer_ids[layer], slot, view if n else None)
+            if self.config.layout == CPU_LAYOUT:  # the CPU kernel's prebuilt views
+                view = correction.csr_view(self.crow[layer], self.seg[layer], self.cols, self.vals, slot,
+                                           self.shapes[layer])
+                correction.set_view(self.layer_ids[layer], slot, view if n else None)
             offset += n
         return total
 

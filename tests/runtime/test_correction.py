@@ -89,3 +89,14 @@ def test_compiled_once_then_replayed_under_other_mappings_matches_the_oracle(tin
             for row, digest in enumerate(rows):
                 torch.testing.assert_close(got[row], expected[digest][row], atol=1e-4, rtol=1e-4)
     served.table.route_base()
+
+
+def test_layout_per_device():
+    from runtime.slots import Layout
+
+    cuda = torch.device("cuda")
+    assert Layout.for_device(torch.device("cpu"), 576, torch.bfloat16).entry_bytes == 8  # what MKL reads
+    assert Layout.for_device(cuda, 1536, torch.bfloat16) == Layout(torch.int16, torch.bfloat16)  # 4 bytes
+    assert Layout.for_device(cuda, 1 << 15, torch.float16) == Layout(torch.int16, torch.float16)
+    assert Layout.for_device(cuda, (1 << 15) + 1, torch.bfloat16).index_dtype == torch.int32
+    assert Layout.for_device(cuda, 1536, torch.float32).value_dtype == torch.float32  # exact fp32 values

@@ -321,3 +321,26 @@ class TestAuth:
     def test_loopback_without_keys_is_open(self, server):
         client, _, _ = server
         assert client.get("/v1/masks").status_code == 200
+
+
+def test_a_mask_shaped_for_another_model_is_refused_before_any_worker(store, tmp_path):
+    """Same base id, but tensors the served model does not have (or not in that shape): 422, no load RPC."""
+    from dataclasses import replace
+
+    from mask_store.mask import TensorMask
+
+    mask = random_mask(5)
+    name, tensor = next(iter(mask.tensors.items()))
+    cases = {"renamed": {name.replace("layers.0", "layers.7"): tensor},
+             "reshaped": {name: TensorMask((tensor.shape[1], tensor.shape[0]), tensor.removed)}}
+    for label, tensors in cases.items():
+        path = tmp_path / f"{label}.mask"
+        save_mask(replace(mask, tensors=tensors), path)
+        store.push(path, label)
+    app, engine = build(store.uri, BASE_A, tmp_path)
+    with TestClient(app) as client:
+        for label in cases:
+            r = complete(client, mask=label)
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["message"].startswith(f"mask {label}@1")
+    assert not [c for c in engine.calls if c[0] == "maskserve_load"]
