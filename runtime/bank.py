@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from mask_store.errors import BankFull, BaseMismatch, CorruptMask
+from mask_store.errors import BankFull, BaseMismatch, CorruptMask, MaskError
 from mask_store.format import read_mask_file
 from mask_store.mask import Mask
 
@@ -29,6 +29,12 @@ class LoadedMask:
     nbytes: int  # bytes of the slot's pool they fill
     load_ms: float
     pinned: bool
+
+
+class MaskInUse(MaskError):
+    """An unload of a mask that requests are using: their rows would have no slot to read."""
+
+    status = 409
 
 
 class MaskBank:
@@ -77,11 +83,13 @@ class MaskBank:
         self.loaded[digest] = entry
         return entry
 
-    def unload(self, digest: str) -> bool:
-        entry = self.loaded.pop(digest, None)
-        if entry is None:
+    def unload(self, digest: str, protect: Iterable[str] = ()) -> bool:
+        """Free the mask's slot; refused while a request in `protect` (running, or in flight) uses it."""
+        if digest not in self.loaded:
             return False
-        self.table.clear(entry.slot)
+        if digest in set(protect):
+            raise MaskInUse(f"mask {digest[:12]} is in use by running requests; unload it when they finish")
+        self.table.clear(self.loaded.pop(digest).slot)
         return True
 
     def touch(self, digests: Iterable[str]) -> None:

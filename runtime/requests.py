@@ -78,7 +78,10 @@ def first_result(results: list[dict]) -> dict:
     """collective_rpc returns one dict per worker; re-raise the first error one reports, else return rank 0's."""
     for result in results:
         if "error" in result:
-            raise rebuild(result.get("kind", "MaskError"), result["error"])
+            error = rebuild(result.get("kind", "MaskError"), result["error"])
+            if "status" in result:  # the worker's class may not be importable here; its status still is
+                error.status = result["status"]
+            raise error
     return results[0]
 
 

@@ -76,8 +76,11 @@ class MaskWorkerExtension:
         return {"digest": entry.digest, "slot": entry.slot, "bytes": entry.nbytes, "load_ms": entry.load_ms,
                 "pinned": entry.pinned, "evicted": sorted(before - set(bank.loaded))}
 
-    def maskserve_unload(self, digest: str) -> dict:
-        return {"unloaded": self._maskserve_bank.unload(digest)}
+    def maskserve_unload(self, digest: str, protect: list[str] = ()) -> dict:
+        try:
+            return {"unloaded": self._maskserve_bank.unload(digest, {*protect, *self._maskserve_held()})}
+        except MaskError as e:
+            return {"error": str(e), "status": e.status, "kind": type(e).__name__}
 
     def maskserve_status(self) -> dict:
         return self._maskserve_bank.status()

@@ -126,7 +126,7 @@ class MaskService:
 
     async def unload(self, ref: str) -> bool:
         served = await self.resolve(ref)
-        unloaded = (await self._rpc("maskserve_unload", served.digest))["unloaded"]
+        unloaded = (await self._rpc("maskserve_unload", served.digest, sorted(self._in_flight)))["unloaded"]
         self._loaded.discard(served.digest)
         metrics.MASKS_LOADED.set(len(self._loaded))
         return unloaded

@@ -98,3 +98,13 @@ def test_a_file_holding_another_mask_is_refused(tiny_model, paths):
         bank.load(paths[1], digest=wanted)
     assert len(bank) == 0
     assert bank.load(paths[0], digest=wanted).digest == wanted
+
+
+def test_a_mask_in_use_is_not_unloaded(tiny_model, paths):
+    from runtime.bank import MaskInUse
+
+    bank = _bank(tiny_model, 2)
+    a = bank.load(paths[0]).digest
+    with pytest.raises(MaskInUse, match="in use"):
+        bank.unload(a, protect=[a])
+    assert a in bank and bank.unload(a) and a not in bank

@@ -75,3 +75,12 @@ def test_canary_probe_mask_covers_the_first_layer(tiny_model, tmp_path):
     assert abs(mask.removed_count / mask.masked_count - 1 / 3) < 0.01
     base, masked = canary.reference_logprobs(tiny_model, probe)
     assert np.abs(base - masked).max() > 0.5  # strong enough to tell the two apart at any dtype's tolerance
+
+
+def test_worker_errors_keep_their_status_across_the_rpc_boundary():
+    from mask_store.errors import MaskError
+    from runtime.requests import first_result
+
+    with pytest.raises(MaskError) as raised:
+        first_result([{"layers": 1}, {"error": "too large", "status": 422, "kind": "SomeWorkerOnlyError"}])
+    assert raised.value.status == 422 and str(raised.value) == "too large"

@@ -52,6 +52,8 @@ class FakeEngine:
         if method == "maskserve_load":
             return [self._load(*args)]
         if method == "maskserve_unload":
+            if args[0] in (args[1] if len(args) > 1 else ()):
+                return [{"error": "mask in use", "status": 409, "kind": "MaskInUse"}]
             return [{"unloaded": self.loaded.pop(args[0], None) is not None}]
         if method == "maskserve_status":
             return [{"base_id": "", "budget_bytes": 1000, "used_bytes": 100 * len(self.loaded),
