@@ -3,7 +3,7 @@
     python bench/masked_forward.py [--model DIR] [--requests 16] [--threads 1] [--dtype bfloat16]
 
 One forward of --requests single-token rows (a decode step's linear layers, which dominate it) through the same
-MaskedLinear + MaskBank code the vLLM worker runs, on transformers, with 0, 1, 4 and 8 distinct masks (local-MFT
+slots, correction op and MaskBank the vLLM worker runs, on transformers, with 0, 1, 4 and 8 distinct masks (local-MFT
 shape: layers 20-23, all projections, 10% removed) spread round-robin over the rows. Prints, per mask count, the
 step time, the extra time the corrections cost, the removed weights they read, and the ratio to the no-mask step
 in the same process (rounds interleaved, medians). One thread by default: vLLM's CPU worker runs torch on one.
@@ -23,7 +23,8 @@ def main() -> None:
     parser.add_argument("--model", help="model folder (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--dtype", default=None, choices=["bfloat16", "float32"],
+                        help="default: the dtype that is fast on this CPU")
     parser.add_argument("--layers", default="20-23")
     parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args()
@@ -32,18 +33,19 @@ def main() -> None:
     from mask_store.default_model import default_model_dir
     from mask_store.format import save_mask
     from runtime.reference import HFMaskedModel
+    from runtime.requests import cpu_flags, fast_dtype
     from trainer.baselines import baseline_mask
 
     model_dir = Path(args.model) if args.model else default_model_dir()
-    served = HFMaskedModel(model_dir)
-    served.model.to(getattr(torch, args.dtype))  # the masks' D stays fp32: it is not a parameter
+    dtype = args.dtype or fast_dtype()
+    served = HFMaskedModel(model_dir, max_masks=8)
+    served.model.to(getattr(torch, dtype))  # the slot pools stay fp32: they are not parameters
     work = Path(tempfile.mkdtemp(prefix="bench-forward-"))
     digests = []
     for i in range(8):
         save_mask(baseline_mask(model_dir, "random", args.layers, "all", 0.1, seed=i), work / f"{i}.mask")
         digests.append(served.bank.load(work / f"{i}.mask").digest)
-    nnz = {d: sum(layer.deltas[d]._nnz() for layer in served.bank.layers.values() if d in layer.deltas)
-           for d in digests}
+    nnz = {d: served.bank.loaded[d].entries for d in digests}
 
     input_ids = torch.randint(0, served.tokenizer.vocab_size, (args.requests, 1))
     counts = [0, 1, 4, 8]
@@ -57,7 +59,9 @@ def main() -> None:
                 times[k].append(time.perf_counter() - started)
 
     base = statistics.median(times[0])
-    print(f"{args.requests} rows, {args.threads} thread(s), {args.dtype}; medians of {args.repeat} interleaved rounds")
+    flags = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx", "amx"))))
+    print(f"{args.requests} rows, {args.threads} thread(s), {dtype}, CPU flags {flags}; "
+          f"medians of {args.repeat} interleaved rounds")
     print(f"{'masks':>5} {'step ms':>8} {'extra ms':>9} {'removed weights read':>21} {'ns/weight':>10} {'ratio':>6}")
     for k in counts:
         step = statistics.median(times[k])
