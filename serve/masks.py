@@ -7,7 +7,9 @@ is served within that time, with no restart. A mask is loaded into the workers t
 
 Residency: the workers' bank owns the slots. Every load spares the masks of requests in flight here (`admit` ...
 `release`), so a mask is never evicted between the moment a request is admitted and the moment the engine holds
-it; admission waits while a load that may evict is under way.
+it; admission waits while a load that may evict is under way. When every slot holds a mask in flight, a request for
+another mask waits for one of them to finish (as vLLM's scheduler holds LoRA requests for a free adapter slot), up
+to `slot_wait_s`, and only then fails with BankFull (retryable).
 """
 
 import asyncio
@@ -15,6 +17,7 @@ import time
 
 from collections import Counter
 
+from mask_store.errors import BankFull
 from mask_store.store import Store
 from runtime import canary
 from runtime.requests import ServedMask, first_result, new_mask_key, resolve
@@ -24,7 +27,7 @@ from . import metrics
 
 class MaskService:
     def __init__(self, engine_client, store: Store, model_dir: str, base_id: str, served_name: str,
-                 expected: dict[str, tuple[int, ...]], resolve_ttl_s: float = 1.0):
+                 expected: dict[str, tuple[int, ...]], resolve_ttl_s: float = 1.0, slot_wait_s: float = 30.0):
         self.engine = engine_client
         self.store = store
         self.model_dir = model_dir
@@ -36,6 +39,8 @@ class MaskService:
         self._loaded: set[str] = set()
         self._loading: dict[str, asyncio.Task] = {}
         self._in_flight: Counter[str] = Counter()  # digest -> requests admitted and not yet finished
+        self._slot_freed = asyncio.Event()  # set, then replaced, whenever a mask's last request in flight ends
+        self.slot_wait_s = slot_wait_s
         self._loads = 0  # loads under way
         self._loads_done = asyncio.Event()  # set whenever none is
         self._loads_done.set()
@@ -81,17 +86,27 @@ class MaskService:
 
     async def admit(self, served: ServedMask) -> None:
         """Make sure the workers hold the mask and keep it there until `release`: call before submitting."""
+        deadline = time.monotonic() + self.slot_wait_s
         while True:
             await self._loads_done.wait()  # a load under way may evict a mask its protect set did not name yet
             if served.digest in self._loaded and self._loads_done.is_set():
                 self._in_flight[served.digest] += 1
                 return
-            await self.ensure_loaded(served)
+            freed = self._slot_freed
+            try:
+                await self.ensure_loaded(served)
+            except BankFull:  # every slot is in use: wait for a request in flight to finish
+                try:
+                    await asyncio.wait_for(freed.wait(), max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    raise BankFull(f"all mask slots stayed in use for {self.slot_wait_s:g} s; retry later") from None
 
     def release(self, served: ServedMask) -> None:
         self._in_flight[served.digest] -= 1
         if self._in_flight[served.digest] <= 0:
             del self._in_flight[served.digest]
+            self._slot_freed.set()
+            self._slot_freed = asyncio.Event()
 
     async def ensure_loaded(self, served: ServedMask, pin: bool = False) -> dict | None:
         """Load into every worker unless already there; returns the load report when this call loaded it."""

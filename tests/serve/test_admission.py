@@ -1,0 +1,63 @@
+"""Admission: a request's mask stays resident while it is in flight, and a request for another mask waits for a
+slot (bounded) instead of failing while every slot is busy. MaskService over the fake engine: fast, no HTTP."""
+
+import asyncio
+
+import pytest
+
+from mask_store.errors import BankFull
+from mask_store.format import save_mask
+from mask_store.store import Store
+from serve.masks import MaskService
+from tests.mask_store.helpers import BASE_A, random_mask
+
+from .fake_vllm import FakeEngine
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = Store(tmp_path / "store")
+    for i, name in enumerate(["a", "b"]):
+        save_mask(random_mask(i), tmp_path / f"{name}.mask")
+        store.push(tmp_path / f"{name}.mask", name)
+    return store
+
+
+def _service(store, slot_wait_s):
+    expected = {n: t.shape for n, t in random_mask(0).tensors.items()}
+    engine = FakeEngine(1)  # one slot
+    return MaskService(engine, store, "unused", BASE_A, "base", expected, resolve_ttl_s=0.0,
+                       slot_wait_s=slot_wait_s), engine
+
+
+async def _spin(turns: int = 50) -> None:
+    for _ in range(turns):  # let every ready task run; no wall-clock waiting
+        await asyncio.sleep(0)
+
+
+def test_a_request_waits_for_a_busy_slot_then_runs(store):
+    async def scenario():
+        service, engine = _service(store, slot_wait_s=30)
+        a, b = await service.resolve("a"), await service.resolve("b")
+        await service.admit(a)
+        waiting = asyncio.ensure_future(service.admit(b))
+        await _spin()
+        assert not waiting.done() and list(engine.loaded) == [a.digest]  # a, in flight, was not evicted
+        service.release(a)
+        await asyncio.wait_for(waiting, 10)
+        assert list(engine.loaded) == [b.digest]
+        service.release(b)
+
+    asyncio.run(scenario())
+
+
+def test_a_request_gives_up_when_no_slot_frees_in_time(store):
+    async def scenario():
+        service, engine = _service(store, slot_wait_s=0.01)
+        a, b = await service.resolve("a"), await service.resolve("b")
+        await service.admit(a)
+        with pytest.raises(BankFull, match="stayed in use"):
+            await service.admit(b)
+        assert list(engine.loaded) == [a.digest]
+
+    asyncio.run(scenario())
