@@ -8,8 +8,10 @@ is served within that time, with no restart. A mask is loaded into the workers t
 Residency: the workers' bank owns the slots. Every load spares the masks of requests in flight here (`admit` ...
 `release`), so a mask is never evicted between the moment a request is admitted and the moment the engine holds
 it; admission waits while a load that may evict is under way. When every slot holds a mask in flight, a request for
-another mask waits for one of them to finish (as vLLM's scheduler holds LoRA requests for a free adapter slot), up
-to `slot_wait_s`, and only then fails with BankFull (retryable).
+another mask waits (as vLLM's scheduler holds LoRA requests for a free adapter slot), up to `slot_wait_s`, and only
+then fails with BankFull (retryable). So that hot masks cannot keep every slot busy forever, a waiting request
+drains one slot: the resident mask with the fewest requests in flight admits no new ones until it empties, and the
+waiter takes its slot. Only that mask's new requests queue behind the waiter.
 """
 
 import asyncio
@@ -40,6 +42,7 @@ class MaskService:
         self._loading: dict[str, asyncio.Task] = {}
         self._in_flight: Counter[str] = Counter()  # digest -> requests admitted and not yet finished
         self._slot_freed = asyncio.Event()  # set, then replaced, whenever a mask's last request in flight ends
+        self._draining: str | None = None  # a resident mask admitting no new requests, to free its slot for a waiter
         self.slot_wait_s = slot_wait_s
         self._loads = 0  # loads under way
         self._loads_done = asyncio.Event()  # set whenever none is
@@ -89,17 +92,28 @@ class MaskService:
         deadline = time.monotonic() + self.slot_wait_s
         while True:
             await self._loads_done.wait()  # a load under way may evict a mask its protect set did not name yet
-            if served.digest in self._loaded and self._loads_done.is_set():
+            resident = served.digest in self._loaded
+            if resident and served.digest != self._draining and self._loads_done.is_set():
                 self._in_flight[served.digest] += 1
                 return
             freed = self._slot_freed
-            try:
-                await self.ensure_loaded(served)
-            except BankFull:  # every slot is in use: wait for a request in flight to finish
+            if not resident:
                 try:
-                    await asyncio.wait_for(freed.wait(), max(0.0, deadline - time.monotonic()))
-                except TimeoutError:
-                    raise BankFull(f"all mask slots stayed in use for {self.slot_wait_s:g} s; retry later") from None
+                    await self.ensure_loaded(served)
+                    continue
+                except BankFull:  # every slot is in use: free one for this request
+                    if not self._in_flight:  # pinned masks hold them all: no request will ever free one
+                        raise
+                    self._drain_one()
+            try:
+                await asyncio.wait_for(freed.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise BankFull(f"all mask slots stayed in use for {self.slot_wait_s:g} s; retry later") from None
+
+    def _drain_one(self) -> None:
+        if self._draining is None or self._draining not in self._loaded:
+            busy = [d for d in self._in_flight if d in self._loaded]
+            self._draining = min(busy, key=self._in_flight.__getitem__, default=None)
 
     def release(self, served: ServedMask) -> None:
         self._in_flight[served.digest] -= 1
@@ -136,6 +150,8 @@ class MaskService:
         metrics.MASK_LOAD_SECONDS.observe(time.perf_counter() - started)
         self._loaded.difference_update(report.get("evicted", ()))
         self._loaded.add(served.digest)
+        if self._draining not in self._loaded:
+            self._draining = None  # its slot went to a waiter
         metrics.MASKS_LOADED.set(len(self._loaded))
         return report
 

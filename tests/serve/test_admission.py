@@ -61,3 +61,25 @@ def test_a_request_gives_up_when_no_slot_frees_in_time(store):
         assert list(engine.loaded) == [a.digest]
 
     asyncio.run(scenario())
+
+
+def test_a_hot_mask_cannot_starve_a_waiting_one(store):
+    """New requests for a busy resident mask queue behind a request waiting for its slot, so the slot drains."""
+    async def scenario():
+        service, engine = _service(store, slot_wait_s=30)
+        a, b = await service.resolve("a"), await service.resolve("b")
+        await service.admit(a)
+        waiting_b = asyncio.ensure_future(service.admit(b))
+        await _spin()
+        late_a = asyncio.ensure_future(service.admit(a))  # would keep a's slot busy forever if admitted at once
+        await _spin()
+        assert not late_a.done() and not waiting_b.done()
+        service.release(a)  # a drains: b gets the slot before the late request for a
+        await asyncio.wait_for(waiting_b, 10)
+        assert list(engine.loaded) == [b.digest] and not late_a.done()
+        service.release(b)
+        await asyncio.wait_for(late_a, 10)
+        assert list(engine.loaded) == [a.digest]
+        service.release(a)
+
+    asyncio.run(scenario())
