@@ -19,12 +19,21 @@ import time
 
 from collections import Counter
 
-from mask_store.errors import BankFull
+from mask_store.errors import BankFull, MaskError
 from mask_store.store import Store
 from runtime import canary
 from runtime.requests import ServedMask, first_result, new_mask_key, resolve
 
 from . import metrics
+
+
+RPC_TIMEOUT_S = 120.0  # a mask load takes milliseconds; an engine that does not answer in minutes is gone
+
+
+class EngineUnavailable(MaskError):
+    """The engine did not answer a mask RPC (stopped, or shutting down)."""
+
+    status = 503
 
 
 class MaskService:
@@ -50,7 +59,12 @@ class MaskService:
         self.key = new_mask_key()  # per-digest tokens and cache salts derive from it; see runtime/requests.py
 
     async def _rpc(self, method: str, *args) -> dict:
-        return first_result(await self.engine.collective_rpc(method, args=args))
+        """Bounded, so a request never waits forever on an engine that stopped (it would also hold up shutdown)."""
+        try:
+            results = await asyncio.wait_for(self.engine.collective_rpc(method, args=args), RPC_TIMEOUT_S)
+        except TimeoutError:
+            raise EngineUnavailable(f"the engine did not answer {method} in {RPC_TIMEOUT_S:g} s") from None
+        return first_result(results)
 
     async def setup(self) -> None:
         await self._rpc("maskserve_setup", self.model_dir, self.base_id, self.key)
