@@ -7,7 +7,7 @@ is served within that time, with no restart. A mask is loaded into the workers t
 
 Residency: the workers' bank owns the slots. Every load spares the masks of requests in flight here (`admit` ...
 `release`), so a mask is never evicted between the moment a request is admitted and the moment the engine holds
-it; admission waits while a load that may evict is under way. When every slot holds a mask in flight, a request for
+it. Loads run one at a time, and admission decides under the same lock, against a settled view of the slots. When every slot holds a mask in flight, a request for
 another mask waits (as vLLM's scheduler holds LoRA requests for a free adapter slot), up to `slot_wait_s`, and only
 then fails with BankFull (retryable). So that hot masks cannot keep every slot busy forever, a waiting request
 drains one slot: the resident mask with the fewest requests in flight admits no new ones until it empties, and the
@@ -48,14 +48,11 @@ class MaskService:
         self.resolve_ttl_s = resolve_ttl_s
         self._resolved: dict[str, tuple[float, ServedMask]] = {}
         self._loaded: set[str] = set()
-        self._loading: dict[str, asyncio.Task] = {}
+        self._residency = asyncio.Lock()  # held while a load runs and while admission decides
         self._in_flight: Counter[str] = Counter()  # digest -> requests admitted and not yet finished
         self._slot_freed = asyncio.Event()  # set, then replaced, whenever a mask's last request in flight ends
         self._draining: str | None = None  # a resident mask admitting no new requests, to free its slot for a waiter
         self.slot_wait_s = slot_wait_s
-        self._loads = 0  # loads under way
-        self._loads_done = asyncio.Event()  # set whenever none is
-        self._loads_done.set()
         self.key = new_mask_key()  # per-digest tokens and cache salts derive from it; see runtime/requests.py
 
     async def _rpc(self, method: str, *args) -> dict:
@@ -105,21 +102,20 @@ class MaskService:
         """Make sure the workers hold the mask and keep it there until `release`: call before submitting."""
         deadline = time.monotonic() + self.slot_wait_s
         while True:
-            await self._loads_done.wait()  # a load under way may evict a mask its protect set did not name yet
-            resident = served.digest in self._loaded
-            if resident and served.digest != self._draining and self._loads_done.is_set():
-                self._in_flight[served.digest] += 1
-                return
             freed = self._slot_freed
-            if not resident:
-                try:
-                    await self.ensure_loaded(served)
-                    continue
-                except BankFull:  # every slot is in use: free one for this request
-                    if not self._in_flight:  # pinned masks hold them all: no request will ever free one
-                        raise
-                    self._drain_one()
-            try:
+            async with self._residency:  # one load at a time: every decision sees a settled bank
+                if served.digest != self._draining:
+                    spared = bool(self._in_flight)  # requests may finish during the load, never start
+                    try:
+                        if served.digest not in self._loaded:
+                            await self._load(served, pin=False)
+                        self._in_flight[served.digest] += 1
+                        return
+                    except BankFull:  # every slot is in use: free one for this request
+                        if not spared:  # pinned masks hold them all: no request will ever free one
+                            raise
+                        self._drain_one()
+            try:  # outside the lock: releases and other masks' admissions go on
                 await asyncio.wait_for(freed.wait(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 raise BankFull(f"all mask slots stayed in use for {self.slot_wait_s:g} s; retry later") from None
@@ -137,30 +133,16 @@ class MaskService:
             self._slot_freed = asyncio.Event()
 
     async def ensure_loaded(self, served: ServedMask, pin: bool = False) -> dict | None:
-        """Load into every worker unless already there; returns the load report when this call loaded it."""
-        if pin:  # never join an unpinned load in flight: the pin would be lost
-            return await self._load(served, pin=True)
-        if served.digest in self._loaded:
+        """Load into every worker unless already there (or to add a pin); the load report when this call loaded."""
+        async with self._residency:
+            if pin or served.digest not in self._loaded:
+                return await self._load(served, pin)
             return None
-        task = self._loading.get(served.digest)
-        if task is None:
-            task = asyncio.ensure_future(self._load(served, pin))
-            self._loading[served.digest] = task
-            task.add_done_callback(lambda _t: self._loading.pop(served.digest, None))
-        return await asyncio.shield(task)
 
     async def _load(self, served: ServedMask, pin: bool) -> dict:
+        """Under `_residency`. Spares every mask with a request in flight."""
         started = time.perf_counter()
-        self._loads_done.clear()
-        self._loads += 1
-        try:
-            # Spare masks in flight and masks other loads are bringing in for requests still waiting.
-            protect = sorted({*self._in_flight, *self._loading} - {served.digest})
-            report = await self._rpc("maskserve_load", served.path, pin, protect, served.digest)
-        finally:
-            self._loads -= 1
-            if not self._loads:
-                self._loads_done.set()
+        report = await self._rpc("maskserve_load", served.path, pin, sorted(self._in_flight), served.digest)
         metrics.MASK_LOAD_SECONDS.observe(time.perf_counter() - started)
         self._loaded.difference_update(report.get("evicted", ()))
         self._loaded.add(served.digest)
