@@ -40,7 +40,7 @@ class MaskServeConfig:
     base_id: str  # its base id; masks for any other base are refused
     store: str  # store URI
     api_keys: tuple[str, ...]  # inference needs one of them when any is set
-    admin_key: str | None  # admin routes need it when set; without it, only a loopback-bound server has them
+    admin_key: str | None  # admin routes need it when set, else an API key; with neither they are off
     experiments_file: str | None  # YAML or JSON experiments to start with
     ab_db: str  # SQLite file of the A/B log
     tensor_shapes: dict[str, tuple[int, ...]]  # every projection a mask may name, with its shape (layout.py)
@@ -60,8 +60,8 @@ def open_experiments(config: MaskServeConfig) -> tuple[Experiments, ABLog]:
     return experiments, ablog
 
 
-async def install(app, engine_client, served_names: list[str], host: str | None, config: MaskServeConfig,
-                  experiments: Experiments, ablog: ABLog) -> None:
+async def install(app, engine_client, served_names: list[str], config: MaskServeConfig, experiments: Experiments,
+                  ablog: ABLog) -> None:
     """Add maskserve to a vLLM app whose state `init_app_state` has filled."""
     service = MaskService(engine_client, Store(config.store), config.model_dir, config.base_id, served_names[0],
                           config.tensor_shapes, config.resolve_ttl_s)
@@ -78,7 +78,7 @@ async def install(app, engine_client, served_names: list[str], host: str | None,
     app.middleware_stack = None
     app.add_middleware(MaskMiddleware, service=service, experiments=experiments, ablog=ablog,
                        base_names=served_names)
-    app.add_middleware(AuthMiddleware, api_keys=config.api_keys, admin_key=config.admin_key, host=host)
+    app.add_middleware(AuthMiddleware, api_keys=config.api_keys, admin_key=config.admin_key)
 
 
 async def _prompt_logprobs(engine_client, key: str, token_ids: list[int], served) -> np.ndarray:
@@ -101,8 +101,7 @@ async def run(args: Namespace, config: MaskServeConfig) -> None:
         supported_tasks = await engine_client.get_supported_tasks()
         app = build_app(args, supported_tasks, engine_client.model_config)
         await init_app_state(engine_client, app.state, args, supported_tasks)
-        await install(app, engine_client, list(args.served_model_name or [args.model]), args.host, config,
-                      experiments, ablog)
+        await install(app, engine_client, list(args.served_model_name or [args.model]), config, experiments, ablog)
         uvicorn_kwargs = {}
         if (log_config := get_uvicorn_log_config(args)) is not None:
             uvicorn_kwargs["log_config"] = log_config

@@ -8,8 +8,9 @@ import asyncio
 import json
 from argparse import Namespace
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import StreamingResponse
+from fastapi.testclient import TestClient
 from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
 
 from mask_store.format import read_mask_file
@@ -84,6 +85,19 @@ def fake_vllm_app() -> FastAPI:
     async def chat(request: Request):
         return await respond(request, "chat.completion")
 
+    async def other(request: Request):
+        """vLLM's routes that ignore `mask` (responses, messages, invocations): the base model answers."""
+        return {"object": "other", "received": await request.json()}
+
+    for path in ("/v1/responses", "/v1/messages", "/invocations", "/v1/embeddings"):
+        app.post(path)(other)
+
+    @app.websocket("/v1/realtime")
+    async def realtime(websocket: WebSocket):
+        await websocket.accept()
+        await websocket.send_json({"type": "session.created"})
+        await websocket.close()
+
     @app.get("/health")
     async def health():
         return {}
@@ -120,13 +134,21 @@ async def _stream(body: dict, kind: str):
     yield b"data: [DONE]\n\n"
 
 
-def build(store_uri: str, base_id: str, tmp_path, host="127.0.0.1", api_keys=(), admin_key=None,
-          experiments_file=None, capacity=100):
+ADMIN_KEY = "sk-admin"
+
+
+def build(store_uri: str, base_id: str, tmp_path, api_keys=(), admin_key=ADMIN_KEY, experiments_file=None,
+          capacity=100):
     app = fake_vllm_app()
     engine = FakeEngine(capacity)
     config = MaskServeConfig(model_dir="unused", base_id=base_id, store=store_uri, api_keys=api_keys,
                              admin_key=admin_key, experiments_file=experiments_file, ab_db=str(tmp_path / "ab.sqlite"),
                              tensor_shapes={n: t.shape for n, t in random_mask(0).tensors.items()}, resolve_ttl_s=0.0,
                              canary=False)
-    asyncio.run(install(app, engine, [BASE_NAME], host, config, *open_experiments(config)))
+    asyncio.run(install(app, engine, [BASE_NAME], config, *open_experiments(config)))
     return app, engine
+
+
+def connect(app: FastAPI, **kwargs) -> TestClient:
+    """A client that sends the admin key (which also opens inference), for tests about something else than keys."""
+    return TestClient(app, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, **kwargs)

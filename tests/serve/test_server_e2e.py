@@ -18,6 +18,8 @@ from tests.tiny import make_tiny_model
 pytestmark = pytest.mark.slow
 
 ENGINE_ARGS = ["--dtype", "float32", "--max-model-len", "512", "--seed", "0"]
+ADMIN_KEY = "sk-admin-e2e"  # admin routes are off on a server started without a key
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 PROMPT = "Once upon a time, in a land of masks,"
 MESSAGES = [{"role": "user", "content": "Tell me about masks."}]
 
@@ -34,7 +36,7 @@ def world(tiny_model, tmp_path_factory):
     port = free_port()
     proc = start(
         [sys.executable, "-m", "serve.cli", "--model", str(tiny_model), "--store", store.uri, "--port", str(port),
-         "--ab-db", str(root / "ab.sqlite"), "--resolve-ttl", "0", *ENGINE_ARGS],
+         "--ab-db", str(root / "ab.sqlite"), "--resolve-ttl", "0", "--admin-key", ADMIN_KEY, *ENGINE_ARGS],
         root / "server.log",
     )
     url = f"http://127.0.0.1:{port}"
@@ -120,7 +122,7 @@ def test_moving_a_tag_is_served_on_the_next_request(world):
 def test_ab_experiment_end_to_end(world, capsys):
     client, url = world["client"], world["url"]
     spec = {"name": "ab1", "arms": [{"mask": "base"}, {"mask": "beta", "weight": 1}]}
-    assert httpx.post(f"{url}/v1/experiments", json=spec).status_code == 200
+    assert httpx.post(f"{url}/v1/experiments", json=spec, headers=ADMIN).status_code == 200
     seen = {}
     for i in range(12):
         raw = client.completions.with_raw_response.create(model="tiny", prompt=PROMPT, max_tokens=12, temperature=0,
