@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from starlette.exceptions import HTTPException
 from vllm import SamplingParams
 
 from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -27,9 +28,10 @@ from mask_store.store import Store
 from .ablog import ABLog
 from .auth import AuthMiddleware
 from .experiments import Experiments
+from .limits import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
 from .masks import MaskService
 from .middleware import MaskMiddleware
-from .router import router
+from .router import http_error, router
 
 logger = logging.getLogger("maskserve.serve")
 
@@ -46,6 +48,7 @@ class MaskServeConfig:
     tensor_shapes: dict[str, tuple[int, ...]]  # every projection a mask may name, with its shape (layout.py)
     resolve_ttl_s: float  # how long a REF -> version resolution is reused
     canary: bool = True  # probe the engine under a synthetic mask before serving (runtime/canary.py)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies are refused with 413
 
 
 def open_experiments(config: MaskServeConfig) -> tuple[Experiments, ABLog]:
@@ -73,11 +76,13 @@ async def install(app, engine_client, served_names: list[str], config: MaskServe
         logger.info("start-up canary passed: %s", report)
     app.state.masks, app.state.experiments, app.state.ablog = service, experiments, ablog
     app.include_router(router)
+    app.add_exception_handler(HTTPException, http_error)
     # build_app's SageMaker bootstrap already built Starlette's middleware stack; no request has been served, so
     # drop it and let Starlette rebuild it, with ours outermost, on the first request.
     app.middleware_stack = None
     app.add_middleware(MaskMiddleware, service=service, experiments=experiments, ablog=ablog,
                        base_names=served_names)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)  # after the key check
     app.add_middleware(AuthMiddleware, api_keys=config.api_keys, admin_key=config.admin_key)
 
 

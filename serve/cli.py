@@ -1,7 +1,8 @@
 """`mask-serve`: vLLM's OpenAI server for one base model, with per-request masks, A/B experiments and keys.
 
     mask-serve [--model DIR] [--store URI] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--admin-key KEY]
-               [--experiments FILE] [--max-masks 8] [--mask-memory 1GiB] [any vLLM engine or server option]
+               [--experiments FILE] [--max-masks 8] [--mask-memory 1GiB] [--max-body-bytes 32MiB]
+               [any vLLM engine or server option]
     mask-serve ab report NAME [--db FILE] [--json]
 
 Every vLLM option works as it does for `vllm serve`, vLLM's default compilation included. maskserve sets the worker
@@ -73,6 +74,8 @@ def build_parser():
     ours.add_argument("--ab-db", default=default_ab_db(), help="SQLite file of the A/B log (default: %(default)s)")
     ours.add_argument("--resolve-ttl", type=float, default=1.0,
                       help="seconds a REF resolution is reused before the store is asked again")
+    ours.add_argument("--max-body-bytes", type=parse_size, default=parse_size("32MiB"),
+                      help="larger request bodies are refused with 413, on every route (default 32MiB)")
     return parser
 
 
@@ -143,6 +146,7 @@ def serve_main(argv: Sequence[str]) -> int:
             experiments_file=args.experiments,
             ab_db=args.ab_db,
             resolve_ttl_s=args.resolve_ttl,
+            max_body_bytes=args.max_body_bytes,
         )
     except MaskError as e:
         print(f"mask-serve: error: {e}", file=sys.stderr)

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from mask_store.errors import MaskError, NotFound
 
-from .protocol import ExperimentSpec, ExperimentsFile
+from .protocol import ExperimentSpec, ExperimentsFile, clip
 
 BASE = "base"
 PREFIX = "ab:"
@@ -69,7 +69,7 @@ class Experiments:
     def get(self, name: str) -> Experiment:
         if name not in self.by_name:
             known = ", ".join(sorted(self.by_name)) or "none"
-            raise NotFound(f"no experiment named {name!r} (known: {known})")
+            raise NotFound(f"no experiment named {clip(name)} (known: {known})")
         return self.by_name[name]
 
     def load_file(self, path: str | Path) -> None:

@@ -2,13 +2,14 @@
 workers once, and listing the masks this base can serve. No HTTP here; the middleware and routes call it.
 
 REFs are resolved on every request through a cache of `resolve_ttl_s` seconds, so a version pushed or a tag moved
-is served within that time, with no restart. A mask is loaded into the workers the first time a request needs it
+is served within that time, with no restart. The cache is keyed on the REF's canonical spelling, checked first (a
+REF longer than any valid one is refused), and holds at most `resolve_cache_size` entries, least recently used out. A mask is loaded into the workers the first time a request needs it
 (one `collective_rpc`, concurrent first requests share it); after that, requests only name its digest.
 
 Residency: the workers' bank owns the slots. Every load spares the masks of requests in flight here (`admit` ...
 `release`), so a mask is never evicted between the moment a request is admitted and the moment the engine holds
-it. Loads run one at a time, and admission decides under the same lock, against a settled view of the slots. When every slot holds a mask in flight, a request for
-another mask waits (as vLLM's scheduler holds LoRA requests for a free adapter slot), up to `slot_wait_s`, and only
+it. Loads run one at a time, and admission decides under the same lock, against a settled view of the slots. When
+every slot holds a mask in flight, a request for another mask waits (as vLLM's scheduler holds LoRA requests for a free adapter slot), up to `slot_wait_s`, and only
 then fails with BankFull (retryable). So that hot masks cannot keep every slot busy forever, a waiting request
 drains one slot: the resident mask with the fewest requests in flight admits no new ones until it empties, and the
 waiter takes its slot. Only that mask's new requests queue behind the waiter.
@@ -16,8 +17,7 @@ waiter takes its slot. Only that mask's new requests queue behind the waiter.
 
 import asyncio
 import time
-
-from collections import Counter
+from collections import Counter, OrderedDict
 
 from mask_store.errors import BankFull, MaskError
 from mask_store.store import Store
@@ -25,9 +25,10 @@ from runtime import canary
 from runtime.requests import ServedMask, first_result, new_mask_key, resolve
 
 from . import metrics
-
+from .protocol import check_ref
 
 RPC_TIMEOUT_S = 120.0  # a mask load takes milliseconds; an engine that does not answer in minutes is gone
+RESOLVE_CACHE_SIZE = 1024  # REF resolutions kept; a server sees a few dozen REFs, a client can send any number
 
 
 class EngineUnavailable(MaskError):
@@ -38,7 +39,8 @@ class EngineUnavailable(MaskError):
 
 class MaskService:
     def __init__(self, engine_client, store: Store, model_dir: str, base_id: str, served_name: str,
-                 expected: dict[str, tuple[int, ...]], resolve_ttl_s: float = 1.0, slot_wait_s: float = 30.0):
+                 expected: dict[str, tuple[int, ...]], resolve_ttl_s: float = 1.0, slot_wait_s: float = 30.0,
+                 resolve_cache_size: int = RESOLVE_CACHE_SIZE):
         self.engine = engine_client
         self.store = store
         self.model_dir = model_dir
@@ -46,7 +48,8 @@ class MaskService:
         self.served_name = served_name
         self.expected = expected  # HF tensor name -> shape of every projection a mask may name
         self.resolve_ttl_s = resolve_ttl_s
-        self._resolved: dict[str, tuple[float, ServedMask]] = {}
+        self.resolve_cache_size = resolve_cache_size
+        self._resolved: OrderedDict[str, tuple[float, ServedMask]] = OrderedDict()  # canonical REF -> (at, mask)
         self._loaded: set[str] = set()
         self._residency = asyncio.Lock()  # held while a load runs and while admission decides
         self._in_flight: Counter[str] = Counter()  # digest -> requests admitted and not yet finished
@@ -84,19 +87,34 @@ class MaskService:
             reference = await asyncio.to_thread(canary.reference_logprobs, Path(self.model_dir), probe)
         return canary.check(got, reference, dtype)
 
-    def _cached(self, ref: str) -> ServedMask | None:
-        hit = self._resolved.get(ref)
-        return hit[1] if hit is not None and time.monotonic() - hit[0] < self.resolve_ttl_s else None
+    def _cached(self, key: str) -> ServedMask | None:
+        hit = self._resolved.get(key)
+        if hit is None:
+            return None
+        if time.monotonic() - hit[0] >= self.resolve_ttl_s:
+            del self._resolved[key]
+            return None
+        self._resolved.move_to_end(key)
+        return hit[1]
 
-    def _resolve(self, ref: str) -> ServedMask:
-        started = time.monotonic()
-        served = resolve(self.store, ref, self.base_id, self.expected)
-        self._resolved[ref] = (started, served)
-        return served
+    def _remember(self, key: str, started: float, served: ServedMask) -> None:
+        """In the event loop's thread only: the cache is never touched from two threads."""
+        if self.resolve_ttl_s <= 0:
+            return
+        self._resolved[key] = (started, served)
+        self._resolved.move_to_end(key)
+        while len(self._resolved) > self.resolve_cache_size:
+            self._resolved.popitem(last=False)
 
     async def resolve(self, ref: str) -> ServedMask:
         """From the cache, or from the store on a worker thread: an S3 store is network round trips."""
-        return self._cached(ref) or await asyncio.to_thread(self._resolve, ref)
+        key = check_ref(ref)
+        served = self._cached(key)
+        if served is None:
+            started = time.monotonic()
+            served = await asyncio.to_thread(resolve, self.store, key, self.base_id, self.expected)
+            self._remember(key, started, served)
+        return served
 
     async def admit(self, served: ServedMask) -> None:
         """Make sure the workers hold the mask and keep it there until `release`: call before submitting."""

@@ -25,8 +25,9 @@ from runtime.requests import MASK_XARGS, SALT_PREFIX, ServedMask
 from . import metrics
 from .ablog import ABLog
 from .experiments import PREFIX, Experiments
+from .limits import read_body, replay
 from .masks import MaskService
-from .protocol import error_body
+from .protocol import clip, error_body
 
 INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions")
 
@@ -101,8 +102,8 @@ class MaskMiddleware:
             except (NotFound, InvalidRef) as e:
                 if not route.model_was_mask:
                     raise
-                raise NotFound(f"model {model!r} is neither the served model ({', '.join(sorted(self.base_names))})"
-                               f" nor a mask: {e}") from e
+                served = ", ".join(sorted(self.base_names))
+                raise NotFound(f"model {clip(model)} is neither the served model ({served}) nor a mask: {e}") from e
         return route
 
     def rewrite(self, request: dict, route: Route) -> dict:
@@ -126,11 +127,13 @@ class MaskMiddleware:
 
     async def _inference(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        body = await _read_body(receive)
+        body = await read_body(receive)
         try:
             request = json.loads(body)
         except ValueError:
             return await _error(scope, receive, send, 400, "request body is not valid JSON")
+        except RecursionError:
+            return await _error(scope, receive, send, 400, "request body is JSON nested too deeply")
         if not isinstance(request, dict):
             return await _error(scope, receive, send, 400, "request body must be a JSON object")
         try:
@@ -145,7 +148,7 @@ class MaskMiddleware:
         new_body = body if rewritten == request else json.dumps(rewritten).encode()
         outcome = Outcome()
         try:
-            await self.app(_with_length(scope, len(new_body)), _replay(new_body, receive),
+            await self.app(_with_length(scope, len(new_body)), replay(new_body, receive),
                            _annotate(send, route, outcome))
         finally:  # failed and abandoned requests count too (status 500 if no response was started)
             if route.served is not None:
@@ -187,28 +190,6 @@ def _check_cache_salt(request: dict) -> None:
 
 
 # --- ASGI plumbing -------------------------------------------------------------------------------------------------
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()  # lets the app notice a client disconnect
-
-    return replay
 
 
 def _with_length(scope: Scope, length: int) -> Scope:

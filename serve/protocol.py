@@ -1,8 +1,34 @@
-"""HTTP schemas for what maskserve adds to vLLM's OpenAI API: mask admin, experiments, feedback, and errors."""
+"""HTTP schemas for what maskserve adds to vLLM's OpenAI API: mask admin, experiments, feedback, and errors.
+
+Client strings are checked here before anything keeps them, and quoted in messages only clipped: a 2 MB REF must not
+come back in a 2 MB error, nor sit in a cache.
+"""
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mask_store.errors import InvalidRef
+from mask_store.refs import MaskRef
+
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+MAX_REF_CHARS = 257  # the longest valid REF, NAME:TAG: 128 + 1 + 128 characters (mask_store/refs.py)
+MAX_ID_CHARS = 256  # response ids (vLLM's are ~40 characters)
+MAX_MESSAGE_CHARS = 2000  # error messages; longer ones are cut, whatever they quote
+CLIP_CHARS = 64  # of a client string quoted in an error message
+
+
+def clip(text: str, limit: int = CLIP_CHARS) -> str:
+    """`text` for an error message: repr'd, and cut past `limit` characters with its full length said."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def check_ref(ref: str) -> str:
+    """The canonical spelling of a REF ('math' -> 'math:latest'), after refusing any REF longer than a valid one
+    could be: what caches and logs keep, so padding cannot grow them."""
+    if len(ref) > MAX_REF_CHARS:
+        raise InvalidRef(f"invalid mask ref {clip(ref)}: longer than {MAX_REF_CHARS} characters")
+    return str(MaskRef.parse(ref))
 
 
 class Strict(BaseModel):
@@ -10,12 +36,12 @@ class Strict(BaseModel):
 
 
 class LoadMaskRequest(Strict):
-    mask: str = Field(min_length=1, description="REF: NAME, NAME@N, NAME:TAG or a digest prefix")
+    mask: str = Field(min_length=1, max_length=MAX_REF_CHARS, description="REF: NAME, NAME@N, NAME:TAG or a digest")
     pin: bool = False
 
 
 class UnloadMaskRequest(Strict):
-    mask: str = Field(min_length=1)
+    mask: str = Field(min_length=1, max_length=MAX_REF_CHARS)
 
 
 class ArmSpec(Strict):
@@ -41,7 +67,8 @@ class ExperimentsFile(Strict):
 
 
 class Feedback(Strict):
-    id: str = Field(min_length=1, description="the `id` of a completion or chat completion response")
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS,
+                    description="the `id` of a completion or chat completion response")
     score: float
 
     @field_validator("score")
@@ -53,9 +80,12 @@ class Feedback(Strict):
 
 
 def error_body(message: str, status: int, kind: str | None = None, code: str | None = None) -> dict:
-    """The OpenAI error schema, as vLLM's own errors use it."""
+    """The OpenAI error schema, as vLLM's own errors use it. Long messages are cut: whatever they quote stays small."""
     kinds = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError",
-             404: "NotFoundError", 409: "ConflictError", 422: "UnprocessableEntityError",
-             500: "InternalServerError", 503: "ServiceUnavailableError", 507: "InsufficientStorageError"}
+             404: "NotFoundError", 409: "ConflictError", 413: "RequestTooLargeError", 422: "UnprocessableEntityError",
+             429: "RateLimitError", 500: "InternalServerError", 503: "ServiceUnavailableError",
+             507: "InsufficientStorageError"}
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "... (cut)"
     return {"error": {"message": message, "type": kind or kinds.get(status, "Error"), "param": None,
                       "code": code or status}}

@@ -4,16 +4,25 @@ import json
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from mask_store.errors import MaskError, NotFound
 
-from .protocol import ExperimentSpec, Feedback, LoadMaskRequest, UnloadMaskRequest, error_body
+from .protocol import ExperimentSpec, Feedback, LoadMaskRequest, UnloadMaskRequest, clip, error_body
 
 router = APIRouter()
 
 
 def _error(e: MaskError) -> JSONResponse:
     return JSONResponse(error_body(str(e), e.status), status_code=e.status)
+
+
+async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+    """Starlette's own HTTP errors (a body FastAPI cannot parse, an unknown path) in the OpenAI schema.
+
+    vLLM 0.32 registers a handler for FastAPI's HTTPException only; FastAPI raises Starlette's, which then answered
+    `{"detail": ...}`."""
+    return JSONResponse(error_body(str(e.detail), e.status_code), status_code=e.status_code, headers=e.headers)
 
 
 @router.get("/v1/masks")
@@ -71,5 +80,5 @@ async def get_experiment(name: str, request: Request):
 @router.post("/v1/feedback")
 async def feedback(body: Feedback, request: Request):
     if not request.app.state.ablog.feedback(body.id, body.score):
-        return _error(NotFound(f"no experiment request with id {body.id!r}"))
+        return _error(NotFound(f"no experiment request with id {clip(body.id)}"))
     return {"id": body.id, "score": body.score}

@@ -138,13 +138,13 @@ ADMIN_KEY = "sk-admin"
 
 
 def build(store_uri: str, base_id: str, tmp_path, api_keys=(), admin_key=ADMIN_KEY, experiments_file=None,
-          capacity=100):
+          capacity=100, max_body_bytes=32 << 20):
     app = fake_vllm_app()
     engine = FakeEngine(capacity)
     config = MaskServeConfig(model_dir="unused", base_id=base_id, store=store_uri, api_keys=api_keys,
                              admin_key=admin_key, experiments_file=experiments_file, ab_db=str(tmp_path / "ab.sqlite"),
                              tensor_shapes={n: t.shape for n, t in random_mask(0).tensors.items()}, resolve_ttl_s=0.0,
-                             canary=False)
+                             canary=False, max_body_bytes=max_body_bytes)
     asyncio.run(install(app, engine, [BASE_NAME], config, *open_experiments(config)))
     return app, engine
 
