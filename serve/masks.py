@@ -3,16 +3,18 @@ workers once, and listing the masks this base can serve. No HTTP here; the middl
 
 REFs are resolved on every request through a cache of `resolve_ttl_s` seconds, so a version pushed or a tag moved
 is served within that time, with no restart. The cache is keyed on the REF's canonical spelling, checked first (a
-REF longer than any valid one is refused), and holds at most `resolve_cache_size` entries, least recently used out. A mask is loaded into the workers the first time a request needs it
-(one `collective_rpc`, concurrent first requests share it); after that, requests only name its digest.
+REF longer than any valid one is refused), and holds at most `resolve_cache_size` entries, least recently used out.
+A mask is loaded into the workers the first time a request needs it (one `collective_rpc`, concurrent first
+requests share it); after that, requests only name its digest.
 
 Residency: the workers' bank owns the slots. Every load spares the masks of requests in flight here (`admit` ...
 `release`), so a mask is never evicted between the moment a request is admitted and the moment the engine holds
 it. Loads run one at a time, and admission decides under the same lock, against a settled view of the slots. When
-every slot holds a mask in flight, a request for another mask waits (as vLLM's scheduler holds LoRA requests for a free adapter slot), up to `slot_wait_s`, and only
-then fails with BankFull (retryable). So that hot masks cannot keep every slot busy forever, a waiting request
-drains one slot: the resident mask with the fewest requests in flight admits no new ones until it empties, and the
-waiter takes its slot. Only that mask's new requests queue behind the waiter.
+every slot holds a mask in flight, a request for another mask waits (as vLLM's scheduler holds LoRA requests for a
+free adapter slot), up to `slot_wait_s`, and only then fails with BankFull (retryable). So that hot masks cannot keep
+every slot busy forever, a waiting request drains one slot: the resident mask with the fewest requests in flight
+admits no new ones until it empties, and the waiter takes its slot. Only that mask's new requests queue behind the
+waiter.
 """
 
 import asyncio
