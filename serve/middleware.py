@@ -27,7 +27,7 @@ from .ablog import ABLog
 from .experiments import PREFIX, Experiments
 from .limits import read_body, replay
 from .masks import MaskService
-from .protocol import clip, error_body
+from .protocol import clip, error_body, error_response, http_status
 
 INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions")
 
@@ -142,8 +142,8 @@ class MaskMiddleware:
             if route.served is not None:
                 await self.service.admit(route.served)
         except MaskError as e:
-            metrics.REQUESTS.labels(mask="unresolved", status=str(e.status)).inc()  # never a client string
-            return await _error(scope, receive, send, e.status, str(e))
+            metrics.REQUESTS.labels(mask="unresolved", status=str(http_status(e))).inc()  # never a client string
+            return await error_response(e)(scope, receive, send)
         rewritten = self.rewrite(request, route)
         new_body = body if rewritten == request else json.dumps(rewritten).encode()
         outcome = Outcome()

@@ -5,8 +5,9 @@ come back in a 2 MB error, nor sit in a cache.
 """
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from starlette.responses import JSONResponse
 
-from mask_store.errors import InvalidRef
+from mask_store.errors import BaseMismatch, InvalidRef, MaskError
 from mask_store.refs import MaskRef
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -14,6 +15,7 @@ MAX_REF_CHARS = 257  # the longest valid REF, NAME:TAG: 128 + 1 + 128 characters
 MAX_ID_CHARS = 256  # response ids (vLLM's are ~40 characters)
 MAX_MESSAGE_CHARS = 2000  # error messages; longer ones are cut, whatever they quote
 CLIP_CHARS = 64  # of a client string quoted in an error message
+RETRY_AFTER_S = 5  # what a 503 tells clients to wait; the openai client honours it (up to 60 s)
 
 
 def clip(text: str, limit: int = CLIP_CHARS) -> str:
@@ -29,6 +31,22 @@ def check_ref(ref: str) -> str:
     if len(ref) > MAX_REF_CHARS:
         raise InvalidRef(f"invalid mask ref {clip(ref)}: longer than {MAX_REF_CHARS} characters")
     return str(MaskRef.parse(ref))
+
+
+def http_status(e: MaskError) -> int:
+    """The status a MaskError answers over HTTP, chosen by whether retrying can help: clients (the openai one among
+    them) retry 408, 409, 429 and every 5xx. mask_store/errors.py's statuses are kept except for two:
+    BaseMismatch (409 there) never succeeds on a retry, so 422; BankFull (507) clears when requests finish, so 503,
+    which `error_response` sends with Retry-After."""
+    if isinstance(e, BaseMismatch):
+        return 422
+    return 503 if e.status == 507 else e.status
+
+
+def error_response(e: MaskError) -> JSONResponse:
+    status = http_status(e)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse(error_body(str(e), status), status_code=status, headers=headers)
 
 
 class Strict(BaseModel):
@@ -83,8 +101,7 @@ def error_body(message: str, status: int, kind: str | None = None, code: str | N
     """The OpenAI error schema, as vLLM's own errors use it. Long messages are cut: whatever they quote stays small."""
     kinds = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError",
              404: "NotFoundError", 409: "ConflictError", 413: "RequestTooLargeError", 422: "UnprocessableEntityError",
-             429: "RateLimitError", 500: "InternalServerError", 503: "ServiceUnavailableError",
-             507: "InsufficientStorageError"}
+             429: "RateLimitError", 500: "InternalServerError", 503: "ServiceUnavailableError"}
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[:MAX_MESSAGE_CHARS] + "... (cut)"
     return {"error": {"message": message, "type": kind or kinds.get(status, "Error"), "param": None,

@@ -8,13 +8,9 @@ from starlette.exceptions import HTTPException
 
 from mask_store.errors import MaskError, NotFound
 
-from .protocol import ExperimentSpec, Feedback, LoadMaskRequest, UnloadMaskRequest, clip, error_body
+from .protocol import ExperimentSpec, Feedback, LoadMaskRequest, UnloadMaskRequest, clip, error_body, error_response
 
 router = APIRouter()
-
-
-def _error(e: MaskError) -> JSONResponse:
-    return JSONResponse(error_body(str(e), e.status), status_code=e.status)
 
 
 async def http_error(request: Request, e: HTTPException) -> JSONResponse:
@@ -37,7 +33,7 @@ async def load_mask(body: LoadMaskRequest, request: Request):
         served = await service.resolve(body.mask)
         report = await service.ensure_loaded(served, pin=body.pin)
     except MaskError as e:
-        return _error(e)
+        return error_response(e)
     return {"mask": served.describe(), "loaded": report is not None, "pinned": body.pin, "report": report}
 
 
@@ -46,7 +42,7 @@ async def unload_mask(body: UnloadMaskRequest, request: Request):
     try:
         unloaded = await request.app.state.masks.unload(body.mask)
     except MaskError as e:
-        return _error(e)
+        return error_response(e)
     return {"mask": body.mask, "unloaded": unloaded}
 
 
@@ -63,7 +59,7 @@ async def create_experiment(body: ExperimentSpec, request: Request):
             if arm.mask != "base":
                 await state.masks.resolve(arm.mask)  # refuse arms that cannot be served, now rather than per request
     except MaskError as e:
-        return _error(e)
+        return error_response(e)
     experiment = state.experiments.add(body)
     state.ablog.save_experiment(experiment.name, json.dumps(experiment.describe()))
     return experiment.describe()
@@ -74,11 +70,11 @@ async def get_experiment(name: str, request: Request):
     try:
         return request.app.state.experiments.get(name).describe()
     except NotFound as e:
-        return _error(e)
+        return error_response(e)
 
 
 @router.post("/v1/feedback")
 async def feedback(body: Feedback, request: Request):
     if not request.app.state.ablog.feedback(body.id, body.score):
-        return _error(NotFound(f"no experiment request with id {clip(body.id)}"))
+        return error_response(NotFound(f"no experiment request with id {clip(body.id)}"))
     return {"id": body.id, "score": body.score}

@@ -113,7 +113,7 @@ def test_model_field_can_name_a_mask(server):
     [
         ({"mask": "nope"}, 404, "no mask named 'nope'"),
         ({"mask": "math@9"}, 404, "math@9"),
-        ({"mask": "foreign"}, 409, BASE_B),
+        ({"mask": "foreign"}, 422, BASE_B),
         ({"mask": 5}, 400, "'mask' must be a string"),
         ({"mask": ["math"]}, 400, "'mask' must be a string"),
         ({"mask": "bad/name"}, 400, "invalid mask name"),
@@ -127,7 +127,7 @@ def test_user_errors_use_the_openai_schema(server, body, status, words):
     assert r.status_code == status
     error = r.json()["error"]
     assert words in error["message"] and error["type"] and error["code"] == status
-    if status == 409:
+    if status == 422:
         assert BASE_A in error["message"]
 
 
@@ -200,7 +200,7 @@ def test_admin_routes_load_unload_and_list(server):
     assert client.post("/v1/masks/unload", json={"mask": "code"}).json()["unloaded"] is True
     assert client.get("/v1/masks").json()["masks"] == []
     assert client.post("/v1/masks/load", json={"mask": "nope"}).status_code == 404
-    assert client.post("/v1/masks/load", json={"mask": "foreign"}).status_code == 409
+    assert client.post("/v1/masks/load", json={"mask": "foreign"}).status_code == 422
     assert client.post("/v1/masks/load", json={"pin": True}).status_code == 400
 
 
@@ -215,13 +215,13 @@ def test_a_mask_the_workers_evicted_is_loaded_again(store, tmp_path):
     assert loads == [math, code, math]
 
 
-def test_a_full_mask_memory_is_507_and_other_requests_go_on(store, tmp_path):
+def test_a_full_mask_memory_is_503_and_other_requests_go_on(store, tmp_path):
     app, engine = build(store.uri, BASE_A, tmp_path, capacity=1)
     with connect(app) as client:
         assert client.post("/v1/masks/load", json={"mask": "code", "pin": True}).status_code == 200
         r = complete(client, mask="math")
-        assert r.status_code == 507
-        assert r.json()["error"]["code"] == 507 and "pinned or in use" in r.json()["error"]["message"]
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == 503 and "pinned or in use" in r.json()["error"]["message"]
         assert complete(client, mask="code").status_code == 200 and complete(client).status_code == 200
 
 

@@ -142,7 +142,7 @@ def test_errors_and_the_server_keeps_serving(world):
     client, store = world["client"], world["store"]
     with pytest.raises(openai.NotFoundError, match="no mask named"):
         client.completions.create(model="tiny", prompt="x", max_tokens=2, extra_body={"mask": "nope"})
-    with pytest.raises(openai.ConflictError, match="trained on base"):
+    with pytest.raises(openai.UnprocessableEntityError, match="trained on base"):
         client.completions.create(model="tiny", prompt="x", max_tokens=2, extra_body={"mask": "foreign"})
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model="tiny", prompt="x", max_tokens=2, extra_body={"mask": 3})
