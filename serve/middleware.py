@@ -6,7 +6,10 @@ resolves it through the store, makes sure the workers hold it, and hands vLLM an
 as it always does. On the way back it marks the response with the mask that served it (`x-mask` header, `mask`
 object in the JSON body or in every streamed chunk), and counts it in the metrics and, for experiments, the A/B log.
 
-GET /v1/models gets the masks this base can serve appended to vLLM's list. User-supplied `vllm_xargs` keys `mask`,
+vLLM's other POST routes (responses, messages, invocations, embeddings, pooling, tokenize, ...) do not apply masks,
+so a JSON body there that asks for one (`mask`, or a `model` that names a mask or an experiment) is refused with 400
+rather than answered by the base model. GET /v1/models gets the masks this base can serve appended to vLLM's list.
+User-supplied `vllm_xargs` keys `mask`,
 `mask_path` and `mask_key` are dropped here; on vLLM's other routes, which pass `vllm_xargs` through untouched,
 workers ignore them without the server's key (runtime/requests.py).
 """
@@ -30,6 +33,7 @@ from .masks import MaskService
 from .protocol import clip, error_body, error_response, http_status
 
 INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions")
+OWN_PATHS = ("/v1/masks", "/v1/experiments", "/v1/feedback")  # serve/router.py: their bodies name masks to manage
 
 
 @dataclass
@@ -77,6 +81,8 @@ class MaskMiddleware:
             path = scope["path"].removeprefix(scope.get("root_path", ""))
             if scope["method"] == "POST" and path in INFERENCE_PATHS:
                 return await self._inference(scope, receive, send)
+            if scope["method"] == "POST" and not path.startswith(OWN_PATHS):
+                return await self._elsewhere(scope, receive, send)
             if scope["method"] == "GET" and path == "/v1/models":
                 return await self._models(scope, receive, send)
         await self.app(scope, receive, send)
@@ -155,6 +161,38 @@ class MaskMiddleware:
                 self.service.release(route.served)
             outcome.status = outcome.status or 500
             self._account(route, outcome, time.perf_counter() - started, started)
+
+    async def _elsewhere(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A route that does not apply masks: pass it on unless its JSON body asks for one."""
+        body = await read_body(receive)
+        try:
+            request = json.loads(body) if body.lstrip().startswith(b"{") else None
+        except (ValueError, RecursionError):
+            request = None  # the route's own parser answers
+        try:
+            asks = isinstance(request, dict) and await self._asks_for_mask(request)
+        except MaskError as e:  # the store could not say whether `model` is a mask: never guess "no"
+            return await error_response(e)(scope, receive, send)
+        if asks:
+            path = scope["path"].removeprefix(scope.get("root_path", ""))
+            routes = " and ".join(f"POST {p}" for p in INFERENCE_PATHS)
+            return await _error(scope, receive, send, 400,
+                                f"{clip(path)} does not apply masks; only {routes} take 'mask' or a mask as 'model'")
+        await self.app(scope, replay(body, receive), send)
+
+    async def _asks_for_mask(self, request: dict) -> bool:
+        if request.get("mask") is not None:
+            return True
+        model = request.get("model")
+        if not isinstance(model, str) or model in self.base_names:
+            return False
+        if model.startswith(PREFIX):
+            return True
+        try:
+            await self.service.resolve(model)
+        except (NotFound, InvalidRef):
+            return False  # a LoRA adapter or a name vLLM will refuse itself
+        return True
 
     def _account(self, route: Route, outcome: Outcome, latency: float, started: float) -> None:
         label = route.label
