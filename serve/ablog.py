@@ -4,11 +4,11 @@
     feedback(id, score, at)        -- POST /v1/feedback {"id": response id, "score": float}
 
 The report gives, per arm: requests, errors, mean and p95 latency, mean TTFT, tokens/s, and the mean score with a
-95% confidence interval; then each arm's score difference to the first (control) arm with a Welch interval.
-Intervals use Student's t, its quantile computed from the exact CDF (no SciPy needed).
+95% confidence interval; then each arm's score difference to the first (control) arm with its interval. Scores that
+are all 0 or 1 (exact match, thumbs up/down) get Wilson intervals, which stay inside [0, 1] on small counts, and
+Newcombe's interval for the difference; other scores Student's t and Welch (mask_store/stats.py).
 """
 
-import math
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mask_store.errors import MaskError
+from mask_store.stats import difference, interval_method, score_interval
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -78,47 +79,6 @@ class ABLog:
         ).fetchall()
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the regularized incomplete beta function (modified Lentz; Numerical Recipes 6.4)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        m2 = 2 * m
-        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-            d = 1.0 + aa * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + aa / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _t_cdf(t: float, df: float) -> float:
-    x = df / (df + t * t)
-    front = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - math.lgamma(0.5)
-                     + (df / 2) * math.log(x) + 0.5 * math.log1p(-x))
-    if x < (df / 2 + 1) / (df / 2 + 2.5):
-        tail = front * _betacf(df / 2, 0.5, x) / (df / 2)  # P(|T| > |t|)
-    else:
-        tail = 1.0 - front * _betacf(0.5, df / 2, 1.0 - x) / 0.5
-    return 1.0 - tail / 2 if t >= 0 else tail / 2
-
-
-def t_quantile(p: float, df: float) -> float:
-    """Student's t quantile for p > 0.5, by bisection on the exact CDF (any real df > 0)."""
-    lo, hi = 0.0, 1.0
-    while _t_cdf(hi, df) < p:
-        hi *= 2
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _t_cdf(mid, df) < p else (lo, mid)
-    return (lo + hi) / 2
-
-
 @dataclass
 class ArmReport:
     arm: str
@@ -131,16 +91,7 @@ class ArmReport:
     scored: int
     score_mean: float | None
     score_ci95: tuple[float, float] | None
-
-
-def _mean_ci(x: np.ndarray) -> tuple[float | None, tuple[float, float] | None]:
-    if len(x) == 0:
-        return None, None
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, None
-    half = t_quantile(0.975, len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
-    return mean, (mean - half, mean + half)
+    score_interval: str | None  # how score_ci95 was computed: "wilson" (0/1 scores) or "t"
 
 
 def arm_report(arm: str, rows: list[tuple]) -> ArmReport:
@@ -149,7 +100,7 @@ def arm_report(arm: str, rows: list[tuple]) -> ArmReport:
     ttft = np.array([r[2] for r in ok if r[2] is not None])
     tokens = sum(r[3] or 0 for r in ok)
     scores = np.array([r[4] for r in rows if r[4] is not None])
-    mean, ci = _mean_ci(scores)
+    mean, ci = score_interval(scores)
     return ArmReport(
         arm=arm,
         requests=len(rows),
@@ -161,21 +112,8 @@ def arm_report(arm: str, rows: list[tuple]) -> ArmReport:
         scored=len(scores),
         score_mean=mean,
         score_ci95=ci,
+        score_interval=interval_method(scores) if ci else None,
     )
-
-
-def difference(control: np.ndarray, other: np.ndarray) -> tuple[float, tuple[float, float]] | None:
-    """other - control with a Welch 95% interval; None with fewer than two scores on a side."""
-    if len(control) < 2 or len(other) < 2:
-        return None
-    va, vb = control.var(ddof=1) / len(control), other.var(ddof=1) / len(other)
-    diff = float(other.mean() - control.mean())
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return diff, (diff, diff)
-    df = (va + vb) ** 2 / (va**2 / (len(control) - 1) + vb**2 / (len(other) - 1))
-    half = t_quantile(0.975, df) * se
-    return diff, (diff - half, diff + half)
 
 
 def report(log: ABLog, experiment: str) -> dict:
@@ -189,7 +127,8 @@ def report(log: ABLog, experiment: str) -> dict:
             scores = np.array([r[4] for r in per_arm[arm] if r[4] is not None])
             d = difference(control, scores)
             out["differences"].append({"arm": arm, "vs": arms[0], "score_diff": d[0] if d else None,
-                                       "ci95": d[1] if d else None})
+                                       "ci95": d[1] if d else None,
+                                       "interval": interval_method(np.concatenate([control, scores])) if d else None})
     return out
 
 
@@ -199,20 +138,21 @@ def format_report(data: dict) -> str:
 
     lines = [f"experiment {data['experiment']}"]
     header = f"{'arm':<20} {'requests':>8} {'errors':>6} {'lat mean':>9} {'lat p95':>8} {'ttft':>7} " \
-             f"{'tok/s':>7} {'scored':>6} {'score (95% CI)':>24}"
+             f"{'tok/s':>7} {'scored':>6} {'score (95% CI)':>31}"
     lines.append(header)
     for a in data["arms"]:
         ci = a["score_ci95"]
-        score = f"{f(a['score_mean'])}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        score = f"{f(a['score_mean'])}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}] {a['score_interval']}" if ci else "")
         lines.append(
             f"{a['arm']:<20} {a['requests']:>8} {a['errors']:>6} {f(a['latency_mean_s']):>9} "
             f"{f(a['latency_p95_s']):>8} {f(a['ttft_mean_s']):>7} {f(a['tokens_per_s'], '.1f'):>7} "
-            f"{a['scored']:>6} {score:>24}"
+            f"{a['scored']:>6} {score:>31}"
         )
     for d in data["differences"]:
         if d["score_diff"] is None:
             lines.append(f"{d['arm']} - {d['vs']}: not enough scores for an interval")
         else:
             lo, hi = d["ci95"]
-            lines.append(f"{d['arm']} - {d['vs']}: score {d['score_diff']:+.3f} (95% CI [{lo:+.3f}, {hi:+.3f}])")
+            lines.append(f"{d['arm']} - {d['vs']}: score {d['score_diff']:+.3f} "
+                         f"(95% CI [{lo:+.3f}, {hi:+.3f}], {d['interval']})")
     return "\n".join(lines)
