@@ -4,6 +4,8 @@ Client strings are checked here before anything keeps them, and quoted in messag
 come back in a 2 MB error, nor sit in a cache.
 """
 
+import math
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.responses import JSONResponse
 
@@ -64,8 +66,19 @@ class UnloadMaskRequest(Strict):
 
 class ArmSpec(Strict):
     mask: str = Field(min_length=1, description="a mask REF, or 'base' for the bare model")
-    weight: float = Field(default=1.0, gt=0)
+    weight: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     name: str | None = Field(default=None, pattern=_NAME, description="defaults to the mask REF")
+
+    @field_validator("mask")
+    @classmethod
+    def _a_ref(cls, v: str) -> str:
+        """An arm's REF ends up in response headers and the A/B log: checked here, not on every request."""
+        if v != "base":
+            try:
+                check_ref(v)
+            except InvalidRef as e:
+                raise ValueError(str(e)) from e
+        return v
 
 
 class ExperimentSpec(Strict):
@@ -77,6 +90,8 @@ class ExperimentSpec(Strict):
         names = [a.name or a.mask for a in self.arms]
         if len(set(names)) != len(names):
             raise ValueError(f"arm names must be distinct, got {names}")
+        if not math.isfinite(sum(a.weight for a in self.arms)):  # an infinite total sends every user to one arm
+            raise ValueError("arm weights must add up to a finite number")
         return self
 
 

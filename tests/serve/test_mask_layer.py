@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from mask_store.errors import MaskError
 from mask_store.format import read_mask_file, save_mask
 from mask_store.store import Store
 from tests.mask_store.helpers import BASE_A, BASE_B, random_mask
@@ -265,11 +266,27 @@ def test_a_request_that_fails_inside_vllm_is_still_logged(store, tmp_path):
         {"name": "x", "arms": [{"mask": "base"}, {"mask": "base"}]},
         {"name": "x", "arms": [{"mask": "base"}, {"mask": "math", "weight": 0}]},
         {"name": "bad name", "arms": [{"mask": "base"}, {"mask": "math"}]},
+        {"name": "x", "arms": [{"mask": "base"}, {"mask": "math@\u0661"}]},  # ARABIC-INDIC DIGIT ONE
+        {"name": "x", "arms": [{"mask": "base"}, {"mask": "math\r\nx-evil: 1"}]},
+        {"name": "x", "arms": [{"mask": "base"}, {"mask": "math", "name": "a\nb"}]},
+        {"name": "x", "arms": [{"mask": "base"}, {"mask": "math", "weight": "Infinity"}]},
+        {"name": "x", "arms": [{"mask": "base"}, {"mask": "math", "weight": "NaN"}]},
+        {"name": "x", "arms": [{"mask": "base", "weight": 1e308}, {"mask": "math", "weight": 1e308}]},
     ],
 )
 def test_bad_experiments_are_refused(server, spec):
     client, _, _ = server
-    assert client.post("/v1/experiments", json=spec).status_code == 400
+    r = client.post("/v1/experiments", json=spec)
+    assert r.status_code == 400, r.text
+    assert client.get("/v1/experiments/x").status_code == 404
+
+
+def test_a_bad_arm_in_an_experiments_file_fails_at_start(store, tmp_path):
+    """The file is read before the engine starts; a non-ASCII REF there made every request on its arm a 500."""
+    path = tmp_path / "exp.yaml"
+    path.write_text("experiments:\n  - name: e\n    arms:\n      - {mask: base}\n      - {mask: \"math@\u00b2\"}\n")
+    with pytest.raises(MaskError, match="not a valid experiments file.*arms"):
+        build(store.uri, BASE_A, tmp_path, experiments_file=str(path))
 
 
 def test_experiment_with_unknown_mask_is_refused(server):
