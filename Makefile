@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(ENGINE)
 TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 
-.PHONY: setup test test-slow test-triton test-all demo bench clean
+.PHONY: setup test test-slow test-triton test-reliability test-all demo bench clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,9 @@ test: setup  ## fast tests (tiny models, no engine): a few minutes
 
 test-slow: setup  ## tests that start vLLM or use SmolLM2-135M
 	$(PY) -m pytest -m slow
+
+test-reliability: setup  ## load, faults, fuzzing and two replicas on real mask-serves (tiny model); docs/reliability.md
+	$(PY) -m pytest -m reliability tests/reliability
 
 # numpy 2.4 breaks Triton 3.6's interpreter (it turns size-1 arrays into ints).
 $(TRITON_STAMP):
