@@ -9,7 +9,8 @@ requests share it); after that, requests only name its digest.
 
 Residency: the workers' bank owns the slots. Every load spares the masks of requests in flight here (`admit` ...
 `release`), so a mask is never evicted between the moment a request is admitted and the moment the engine holds
-it. Loads run one at a time, and admission decides under the same lock, against a settled view of the slots. When
+it. Loads run one at a time, and admission decides under the same lock, against a settled view of the slots, except
+for a mask that already has requests in flight: every running load spares it, so it is admitted at once. When
 every slot holds a mask in flight, a request for another mask waits (as vLLM's scheduler holds LoRA requests for a
 free adapter slot), up to `slot_wait_s`, and only then fails with BankFull (retryable). So that hot masks cannot keep
 every slot busy forever, a waiting request drains one slot: the resident mask with the fewest requests in flight
@@ -120,6 +121,11 @@ class MaskService:
 
     async def admit(self, served: ServedMask) -> None:
         """Make sure the workers hold the mask and keep it there until `release`: call before submitting."""
+        if self._in_flight[served.digest] and served.digest != self._draining:
+            # Resident and spared by any load running now (it was in flight when that load began): no lock, so
+            # requests for hot masks never queue behind another mask's load.
+            self._in_flight[served.digest] += 1
+            return
         deadline = time.monotonic() + self.slot_wait_s
         while True:
             freed = self._slot_freed

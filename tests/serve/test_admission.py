@@ -83,3 +83,32 @@ def test_a_hot_mask_cannot_starve_a_waiting_one(store):
         service.release(a)
 
     asyncio.run(scenario())
+
+
+def test_a_mask_in_flight_is_admitted_while_another_mask_loads(store):
+    """Requests for a hot mask do not queue behind a cold mask's load (bench/many_masks.py: p99 TTFT)."""
+    async def scenario():
+        service, engine = _service(store, slot_wait_s=30)
+        engine.capacity = 2
+        gate = asyncio.Event()
+        rpc = engine.collective_rpc
+
+        async def slow_loads(method, args=()):
+            if method == "maskserve_load" and engine.loaded:  # the second mask's load takes until the gate opens
+                await gate.wait()
+            return await rpc(method, args)
+
+        engine.collective_rpc = slow_loads
+        a, b = await service.resolve("a"), await service.resolve("b")
+        await service.admit(a)
+        loading_b = asyncio.ensure_future(service.admit(b))
+        await _spin()
+        assert not loading_b.done()
+        await asyncio.wait_for(service.admit(a), 1)  # admitted while b's load still runs
+        gate.set()
+        await asyncio.wait_for(loading_b, 10)
+        assert set(engine.loaded) == {a.digest, b.digest}
+        for served in (a, a, b):
+            service.release(served)
+
+    asyncio.run(scenario())
