@@ -46,7 +46,7 @@ def main() -> None:
 
     from mask_store.default_model import default_model_dir
     from serve.launch import free_port, start, stop, wait_healthy
-    from trainer.data import exact_match
+    from mask_store.tasks import exact_match
 
     work = Path(args.work or tempfile.mkdtemp(prefix="maskserve-demo-"))
     work.mkdir(parents=True, exist_ok=True)
