@@ -51,7 +51,8 @@ class Checkpointing:
         return TrainingState(**saved["state"])
 
 
-EVAL_ONLY = ("eval_batch_size", "eval_accuracy", "max_new_tokens")  # free to change between a run and its resume
+# free to change between a run and its resume: they change neither the scores nor the data order
+EVAL_ONLY = ("eval_batch_size", "eval_accuracy", "max_new_tokens", "gradient_checkpointing")
 
 
 def fingerprint(config_description: dict, data_hash: str, names: list[str]) -> dict:

@@ -2,8 +2,10 @@
 
     mask-train --model DIR --data train.jsonl --method mft --layers 20-23 --out task.mask
     mask-train --model DIR --method magnitude --mask-ratio 0.1 --layers 20-23 --out l1.mask
+    torchrun --nproc-per-node 2 --no-python mask-train ...    # data parallel (trainer/parallel.py)
 
-Arguments are checked here, before any model is loaded; the library functions trust them.
+Arguments are checked here, before any model is loaded; the library functions trust them. Under torchrun only
+rank 0 writes, pushes and prints.
 """
 
 import argparse
@@ -20,6 +22,7 @@ from mask_store.mask import Mask
 from mask_store.store import Store
 
 from .baselines import baseline_mask
+from .parallel import DataParallel
 from .targets import TargetSpec, select_targets
 
 
@@ -53,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "without it, accuracy is reported whenever every eval record has one")
     mft.add_argument("--max-new-tokens", type=int, default=32, help="greedy generation length for exact match")
     mft.add_argument("--eval-batch-size", type=int, default=32, help="examples per batch when evaluating")
+    mft.add_argument("--autocast", action="store_true",
+                     help="run the training forward passes under bf16 autocast (weights keep --dtype); for large "
+                          "models on a GPU")
+    mft.add_argument("--gradient-checkpointing", action="store_true",
+                     help="recompute decoder activations in the backward pass: less memory, same mask, slower")
     mft.add_argument("--checkpoint", metavar="FILE", help="save the training state here as training goes")
     mft.add_argument("--checkpoint-every", type=int, default=50, metavar="N", help="steps between saves")
     mft.add_argument("--resume", action="store_true",
@@ -135,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         store = _open_push_target(args)
         mask = run(args)
+        if not DataParallel.from_env().is_main:
+            return 0
         digest = save_mask(mask, args.out)
         print(f"wrote {args.out}: {mask.removed_count:,} of {mask.masked_count:,} weights removed, digest {digest}")
         if store is not None:

@@ -31,6 +31,8 @@ class MFTConfig:
     dtype: str = "auto"  # weights' dtype: auto = bfloat16 on a bf16-capable GPU, else float32
     eval_accuracy: bool = False  # require exact-match accuracy (every eval record must carry an "answer")
     max_new_tokens: int = 32  # greedy generation length for exact-match accuracy
+    autocast: bool = False  # training forward passes under bf16 autocast (weights keep `dtype`); for large models
+    gradient_checkpointing: bool = False  # recompute decoder activations in the backward pass: less memory, same result
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_ratio < 1.0:
@@ -73,5 +75,6 @@ class MFTConfig:
             warmup=args.warmup, weight_decay=args.weight_decay, batch_size=args.batch_size,
             grad_accum=args.grad_accum, seq_len=args.seq_len, eval_batch_size=args.eval_batch_size, seed=args.seed,
             dtype=args.dtype,
-            eval_accuracy=args.eval_accuracy, max_new_tokens=args.max_new_tokens,
+            eval_accuracy=args.eval_accuracy, max_new_tokens=args.max_new_tokens, autocast=args.autocast,
+            gradient_checkpointing=args.gradient_checkpointing,
         )

@@ -16,8 +16,11 @@ Contract:
 
 - With checkpointing (`--checkpoint FILE [--resume]`, see checkpoint.py) a run can stop and resume; the mask it ends
   with is the one an uninterrupted run gives.
+- Under torchrun the processes share each micro-batch and sum their score gradients (parallel.py): the mask is the
+  single-process one for the same global batch and seed. `autocast` runs the training forward passes in bf16 (the
+  weights keep their dtype); `gradient_checkpointing` recomputes activations instead of keeping them.
 
-Non-goals: distributed training, learning anything but the scores.
+Non-goals: sharding the model across processes, learning anything but the scores.
 """
 
 import os
@@ -40,6 +43,7 @@ from mask_store.mask import TensorMask
 from .checkpoint import Checkpointing, TrainingState, fingerprint
 from .config import MFTConfig
 from .data import IGNORE, DataError, Example, collate, collate_prompts, exact_match, file_hash, load_examples
+from .parallel import DataParallel, disable_gradient_checkpointing, enable_gradient_checkpointing
 from .scored_linear import materialize_scored_linears, swap_in_scored_linears
 
 
@@ -100,6 +104,10 @@ def _targets(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
+def _example_targets(example: Example) -> int:
+    return sum(label != IGNORE for label in example.labels[1:])
+
+
 @torch.no_grad()
 def eval_loss(model: torch.nn.Module, examples: list[Example], batch_size: int, pad: int) -> float:
     """Mean NLL per labelled token over the whole set (token-weighted, not a mean of batch means)."""
@@ -151,10 +159,12 @@ def micro_batches(examples: list[Example], batch_size: int, seed: int) -> Iterat
 
 
 def train_scores(model: torch.nn.Module, examples: list[Example], config: MFTConfig, pad: int,
-                 checkpointing: Checkpointing | None = None, start: TrainingState | None = None) -> list[float]:
+                 checkpointing: Checkpointing | None = None, start: TrainingState | None = None,
+                 dp: DataParallel = DataParallel()) -> list[float]:
     """Optimize the model's trainable tensors (the scores) on `examples`, from `start` if given (a checkpoint);
-    returns the loss of every step."""
+    returns the loss of every step. Under data parallelism (`dp`) this process trains on its share of each batch."""
     device = next(model.parameters()).device
+    dp.check_batch(config.batch_size)
     scores = {name: p for name, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(scores.values(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.total_steps(len(examples))
@@ -172,21 +182,25 @@ def train_scores(model: torch.nn.Module, examples: list[Example], config: MFTCon
             next(stream)
     bar_format = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
     with tqdm(range(len(losses), steps), desc="mft", unit="step", file=sys.stderr, bar_format=bar_format,
-              initial=len(losses), total=steps) as bar:
+              initial=len(losses), total=steps, disable=not dp.is_main) as bar:
         for step in bar:
-            group = [collate(next(stream), pad) for _ in range(config.grad_accum)]
-            tokens = sum(_targets(batch) for batch in group)
+            group = [next(stream) for _ in range(config.grad_accum)]
+            tokens = sum(_example_targets(e) for rows in group for e in rows)  # the whole step's, on every process
             step_loss = 0.0
-            for batch in group:
-                loss = completion_nll(model, _on(batch, device)) / tokens  # this micro-batch's share of the mean
+            for rows in group:
+                batch = _on(collate(dp.shard(rows), pad), device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.autocast):
+                    loss = completion_nll(model, batch) / tokens  # this micro-batch's share of the mean
                 loss.backward()
                 step_loss += loss.item()
+            dp.all_reduce_grads(scores.values())
+            step_loss = dp.sum(step_loss)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(step_loss)
             bar.set_postfix(loss=f"{step_loss:.4f}")
-            if checkpointing is not None and (step + 1 == steps or (step + 1) % checkpointing.every == 0):
+            if checkpointing is not None and dp.is_main and (step + 1 == steps or (step + 1) % checkpointing.every == 0):
                 checkpointing.save(TrainingState(step + 1, losses, {n: p.detach().cpu() for n, p in scores.items()},
                                                  optimizer.state_dict(), schedule.state_dict()))
     return losses
@@ -242,31 +256,42 @@ def run_mft(model_dir: str | os.PathLike, names: list[str], data: str | os.PathL
                                       fingerprint(config.describe(len(train)), data_hash, names))
         start = checkpointing.load() if resume else None  # a wrong checkpoint is refused before the model loads
 
+    dp = DataParallel.from_env()
+    dp.check_batch(config.batch_size)
     device, dtype = pick_device_dtype(config.dtype)
     model = load_model(model_dir, device, dtype)
-    base = evaluate(model, tokenizer, held_out, config, accuracy) if held_out else None
+    evaluating = bool(held_out) and dp.is_main  # the other processes wait at the barrier
+    base = evaluate(model, tokenizer, held_out, config, accuracy) if evaluating else None
+    dp.barrier()
     swap_in_scored_linears(model, names, config.mask_ratio, config.init, config.seed)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     train_started = time.perf_counter()
-    losses = train_scores(model, train, config, pad_id(tokenizer), checkpointing, start)
+    losses = train_scores(model, train, config, pad_id(tokenizer), checkpointing, start, dp)
     train_seconds = time.perf_counter() - train_started
+    if config.gradient_checkpointing:
+        disable_gradient_checkpointing(model)
     tensors = materialize_scored_linears(model)
-    masked = evaluate(model, tokenizer, held_out, config, accuracy) if held_out else None
+    masked = evaluate(model, tokenizer, held_out, config, accuracy) if evaluating else None
 
     ratios = _ratios(tensors).values()
     extra = {
         **config.describe(len(train)),
         "dtype": str(dtype).removeprefix("torch."),
         "device": device.type,
+        "processes": dp.world,
         "data": {"file": Path(data).name, "blake3": data_hash, "examples": len(train)},
         "train_loss": {"first": round(losses[0], 6), "final": round(losses[-1], 6)},
         "achieved_ratio": {"min": min(ratios), "max": max(ratios)},
         "train_seconds": round(train_seconds, 2),
     }
-    if held_out:
+    if evaluating:
         extra["eval_data"] = {"file": Path(eval_data).name, "blake3": file_hash(eval_data), "examples": len(held_out)}
         extra["eval"] = {"base": base, "masked": masked, "examples": len(held_out)}
     extra["total_seconds"] = round(time.perf_counter() - started, 2)
-    print_summary(console or Console(), extra, tensors)
+    if dp.is_main:
+        print_summary(console or Console(), extra, tensors)
+    dp.barrier()  # the others wait here while rank 0 evaluates the masked model
     return tensors, extra
 
 
