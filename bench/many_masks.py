@@ -80,7 +80,7 @@ def main() -> None:
     from mask_store.default_model import default_model_dir
     from mask_store.format import save_mask
     from mask_store.store import Store
-    from runtime.requests import CPU_KV_CACHE_BYTES, cpu_flags, fast_dtype
+    from runtime.requests import CPU_KV_CACHE_BYTES, fast_dtype, vector_flags
     from serve.launch import free_port, start, stop, wait_healthy
     from trainer.baselines import baseline_mask
 
@@ -128,7 +128,7 @@ def main() -> None:
     def pct(values: list[float], q: float) -> str:
         return f"{1e3 * float(np.percentile(values, q)):8.1f}" if values else "     n/a"
 
-    flags = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx", "amx"))))
+    flags = vector_flags()
     print(f"\nmodel {name}, dtype {dtype}, CPU flags {flags}; {args.masks} masks (layers {args.layers}, 10%), "
           f"{args.slots} slots; {args.requests} requests, {args.concurrency} at a time, {args.tokens} tokens; "
           f"Zipf s={args.zipf}: {len(set(masks))} distinct masks requested")

@@ -33,7 +33,7 @@ def main() -> None:
     from mask_store.default_model import default_model_dir
     from mask_store.format import save_mask
     from runtime.reference import HFMaskedModel
-    from runtime.requests import cpu_flags, fast_dtype
+    from runtime.requests import fast_dtype, vector_flags
     from trainer.baselines import baseline_mask
 
     model_dir = Path(args.model) if args.model else default_model_dir()
@@ -59,7 +59,7 @@ def main() -> None:
                 times[k].append(time.perf_counter() - started)
 
     base = statistics.median(times[0])
-    flags = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx", "amx"))))
+    flags = vector_flags()
     print(f"{args.requests} rows, {args.threads} thread(s), {dtype}, CPU flags {flags}; "
           f"medians of {args.repeat} interleaved rounds")
     print(f"{'masks':>5} {'step ms':>8} {'extra ms':>9} {'removed weights read':>21} {'ns/weight':>10} {'ratio':>6}")

@@ -84,7 +84,7 @@ def main() -> None:
     from mask_store.format import save_mask
     from mask_store.store import Store
     from runtime.engine import Engine
-    from runtime.requests import CPU_KV_CACHE_BYTES, cpu_flags, fast_dtype
+    from runtime.requests import CPU_KV_CACHE_BYTES, fast_dtype, vector_flags
     from trainer.baselines import baseline_mask
 
     model = Path(args.model) if args.model else default_model_dir()
@@ -119,8 +119,8 @@ def main() -> None:
     rows = [("plain vLLM", plain)]
     rows += [(f"vLLM multi-LoRA, {n} adapters (r{args.lora_rank})", tps) for n, tps in lora.items()]
     rows += [(f"maskserve, {n} distinct masks", tps) for n, tps in masks.items()]
-    flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))
-    print(f"\nmodel {model.name}, dtype {dtype}, CPU flags {' '.join(flags)}; {args.requests} requests x "
+    flags = vector_flags()
+    print(f"\nmodel {model.name}, dtype {dtype}, CPU flags {flags}; {args.requests} requests x "
           f"{args.tokens} tokens; masks and adapters on layers {LAYERS}, all projections")
     print(f"median of {args.repeat} rounds; every ratio is to plain vLLM in this run")
     print(f"{'configuration':<38} {'tok/s':>8} {'vs plain':>9} {'vs own 0':>9}")

@@ -110,6 +110,11 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def vector_flags() -> str:
+    """The CPU's vector extensions (AVX*, AMX*), as every benchmark figure prints them: they decide the fast dtype."""
+    return " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")))) or "none"
+
+
 def default_engine_args(max_masks: int = DEFAULT_MAX_MASKS, mask_memory_bytes: int = DEFAULT_MASK_MEMORY,
                         **overrides) -> dict:
     """vLLM engine arguments for serving masks; user overrides win, except that the load format goes through ours.
