@@ -7,7 +7,8 @@ the slice of the payload holding it) and carries training metadata. The trailing
 or flipped bit fail loudly, naming the file, before a single position is decoded.
 
 The digest that names a mask hashes only what defines it (format, base id, tensor entries, payload), so the same
-removals with other metadata keep the same digest.
+removals with other metadata keep the same digest. It hashes those fields as the file wrote them, its own format
+version included, so a file keeps its digest when a later format upgrades its header on load.
 
 A file is accepted only in the one form `encode_mask` writes it: a JSON object without duplicate keys, nesting at
 most MAX_HEADER_DEPTH deep, JSON integers where numbers are meant, tensors in strictly increasing name order whose
@@ -26,7 +27,7 @@ from typing import Annotated, Any
 import blake3
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from . import codec
+from . import codec, versions
 from .atomic import atomic_write_bytes
 from .errors import CorruptMask
 from .mask import Mask, TensorMask
@@ -56,7 +57,7 @@ class TensorEntry(BaseModel):
 
 
 class Header(BaseModel):
-    """Format version 1. A later version adds an upgrade function in `_UPGRADES` and bumps FORMAT_VERSION."""
+    """Format version 1. A later version bumps FORMAT_VERSION and adds to `_UPGRADES` the step from the one before."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -76,20 +77,14 @@ class Header(BaseModel):
         return sum(t.size for t in self.tensors)
 
 
-# version -> function turning that version's header dict into the next version's.
+# version v -> the function turning a header dict of version v into one of version v + 1 (see versions.py).
 _UPGRADES: dict[int, Any] = {}
 
 
-def _upgrade(raw: dict[str, Any]) -> dict[str, Any]:
-    version = raw.get("format")
-    while isinstance(version, int) and version in _UPGRADES:
-        raw = _UPGRADES[version](raw)
-        version = raw["format"]
-    return raw
-
-
-def _digest(base_id: str, tensors: list[dict[str, Any]], payload: bytes | memoryview) -> str:
-    defining = {"format": FORMAT_VERSION, "base_id": base_id, "tensors": tensors}
+def _digest(base_id: str, tensors: list[dict[str, Any]], payload: bytes | memoryview,
+            version: object = FORMAT_VERSION) -> str:
+    """Over the defining fields as a file of `version` writes them (parse_mask passes the file's own version)."""
+    defining = {"format": version, "base_id": base_id, "tensors": tensors}
     h = blake3.blake3(json.dumps(defining, sort_keys=True, separators=(",", ":")).encode())
     h.update(payload)
     return h.hexdigest()
@@ -159,16 +154,16 @@ def parse_mask(data: bytes, source: str) -> MaskFile:
     head_end = _PREFIX_LEN + head_len
     if head_end > len(data) - _CHECKSUM_LEN:
         raise CorruptMask(f"{source}: header runs past the end of the file")
-    header = _parse_header(data[_PREFIX_LEN:head_end], source)
+    header, written = _parse_header(data[_PREFIX_LEN:head_end], source)
     payload = memoryview(data)[head_end : len(data) - _CHECKSUM_LEN]
     _check_entries(header.tensors, len(payload), source)
-    entries = [t.model_dump(mode="json") for t in header.tensors]
-    if _digest(header.base_id, entries, payload) != header.digest:
+    if _digest(written.get("base_id"), written.get("tensors"), payload, written["format"]) != header.digest:
         raise CorruptMask(f"{source}: digest does not match its content")
     return MaskFile(header, payload, source, len(data))
 
 
-def _parse_header(head: bytes, source: str) -> Header:
+def _parse_header(head: bytes, source: str) -> tuple[Header, dict[str, Any]]:
+    """The header upgraded to FORMAT_VERSION, and the dict as the file wrote it (what its digest covers)."""
     try:
         raw = json.loads(head.decode("utf-8"), object_pairs_hook=_unique_keys)  # bytes would also take UTF-16
     except RecursionError:
@@ -179,12 +174,9 @@ def _parse_header(head: bytes, source: str) -> Header:
         raise CorruptMask(f"{source}: header is a JSON {type(raw).__name__}, not an object")
     if _depth(raw) > MAX_HEADER_DEPTH:
         raise CorruptMask(f"{source}: header nests deeper than {MAX_HEADER_DEPTH}")
-    raw = _upgrade(raw)
-    version = raw.get("format")
-    if type(version) is not int or version != FORMAT_VERSION:
-        raise CorruptMask(f"{source}: format version {version!r} is not supported by this maskserve")
+    upgraded = versions.upgrade(raw, raw.get("format"), FORMAT_VERSION, _UPGRADES, source, CorruptMask)
     try:
-        return Header.model_validate(raw)
+        return Header.model_validate(upgraded), raw
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(part) for part in first["loc"])

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import blake3
 import numpy as np
@@ -7,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mask_store import codec
+from mask_store import format as format_module
 from mask_store.errors import CorruptMask
 from mask_store.format import MAGIC, _digest, encode_mask, load_mask, parse_mask, read_mask_file, save_mask
 from mask_store.mask import Mask, TensorMask
@@ -253,3 +255,30 @@ def test_a_shape_of_many_huge_dims_is_refused_quickly():
 def test_a_header_in_utf16_is_corrupt():
     header, payload = _split(encode_mask(random_mask(0)))
     _refused(_seal_text(json.dumps(_split(_seal(header, payload))[0]).encode("utf-16"), payload))
+
+
+# --- versions: files written by earlier code keep loading, and keep their digest ------------------------------
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "v1"
+V1_DIGEST = "8cc4e84b164dee5a40533e90455af2bb251bcf3c0e238b7f4f572df529f6bf16"  # tiny.mask, written at 47e7a4e
+
+
+def test_a_format_1_file_keeps_its_digest():
+    mask_file = read_mask_file(FIXTURES / "tiny.mask")
+    assert mask_file.digest == V1_DIGEST and mask_file.header.format == 1
+    assert mask_file.decode().removed_count == 76
+
+
+def test_a_format_bump_upgrades_old_files_without_changing_their_digest(monkeypatch):
+    """The digest covers the version the file wrote, not the code's: format 2 reads a format 1 file as itself."""
+    monkeypatch.setattr(format_module, "FORMAT_VERSION", 2)
+    monkeypatch.setitem(format_module._UPGRADES, 1, lambda raw: {**raw, "format": 2})
+    mask_file = read_mask_file(FIXTURES / "tiny.mask")
+    assert mask_file.header.format == 2 and mask_file.digest == V1_DIGEST
+
+
+def test_a_newer_format_is_refused_naming_the_file_and_the_versions_read():
+    header, payload = _split((FIXTURES / "tiny.mask").read_bytes())
+    with pytest.raises(CorruptMask) as e:
+        parse_mask(_seal({**header, "format": 2}, payload), "future.mask")
+    assert str(e.value) == "future.mask: format version 2 is newer than this maskserve reads (1); upgrade maskserve"
