@@ -62,6 +62,10 @@ class MaskBank:
 
         `digest`: the mask the caller resolved; a file that holds any other mask is refused, never loaded in its place.
         """
+        if digest in self.loaded:  # resident (checked against `digest` when it loaded): the file is not read again
+            self.loaded[digest].pinned |= pin
+            self.touch([digest])
+            return self.loaded[digest]
         started = time.perf_counter()
         mask_file = read_mask_file(path)
         if digest is not None and mask_file.digest != digest:

@@ -60,7 +60,8 @@ class MaskWorkerExtension:
         return {"layers": len(installed.names), "slots": installed.table.num_slots}
 
     def maskserve_load(self, path: str, pin: bool = False, protect: list[str] = (), digest: str | None = None) -> dict:
-        """Load a mask; the report lists the masks evicted to make room, so the API side's view stays exact.
+        """Load a mask unless it is resident (idempotent: the API side asks before every request it admits and keeps
+        no record of its own); the report says whether this call loaded it and which masks it evicted.
 
         Errors come back in the report: this runs in the engine's process, which must outlive any one bad mask."""
         bank = self._maskserve_bank
@@ -74,7 +75,8 @@ class MaskWorkerExtension:
             return {"error": f"loading mask {path} failed: {type(e).__name__}: {e}", "status": 500,
                     "kind": "MaskError"}
         return {"digest": entry.digest, "slot": entry.slot, "bytes": entry.nbytes, "load_ms": entry.load_ms,
-                "pinned": entry.pinned, "evicted": sorted(before - set(bank.loaded))}
+                "pinned": entry.pinned, "loaded": entry.digest not in before,
+                "evicted": sorted(before - set(bank.loaded)), "resident": len(bank.loaded)}
 
     def maskserve_unload(self, digest: str, protect: list[str] = ()) -> dict:
         try:

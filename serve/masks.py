@@ -4,10 +4,9 @@ workers once, and listing the masks this base can serve. No HTTP here; the middl
 REFs are resolved on every request through a cache of `resolve_ttl_s` seconds, so a version pushed or a tag moved
 is served within that time, with no restart. The cache is keyed on the REF's canonical spelling, checked first (a
 REF longer than any valid one is refused), and holds at most `resolve_cache_size` entries, least recently used out.
-A mask is loaded into the workers the first time a request needs it (one `collective_rpc`, concurrent first
-requests share it); after that, requests only name its digest.
-
-Residency: the workers' bank owns the slots. Every load spares the masks of requests in flight here (`admit` ...
+Residency: the workers' bank owns the slots, and is the only record of which masks are loaded. Before a request for
+a mask goes to the engine, an idempotent load RPC makes sure the workers hold it (a resident mask costs a dictionary
+lookup there; its file is not read again); nothing is loaded inside the forward pass. Every load spares the masks of requests in flight here (`admit` ...
 `release`), so a mask is never evicted between the moment a request is admitted and the moment the engine holds
 it. Loads run one at a time, and admission decides under the same lock, against a settled view of the slots, except
 for a mask that already has requests in flight: every running load spares it, so it is admitted at once. When
@@ -53,7 +52,6 @@ class MaskService:
         self.resolve_ttl_s = resolve_ttl_s
         self.resolve_cache_size = resolve_cache_size
         self._resolved: OrderedDict[str, tuple[float, ServedMask]] = OrderedDict()  # canonical REF -> (at, mask)
-        self._loaded: set[str] = set()
         self._residency = asyncio.Lock()  # held while a load runs and while admission decides
         self._in_flight: Counter[str] = Counter()  # digest -> requests admitted and not yet finished
         self._slot_freed = asyncio.Event()  # set, then replaced, whenever a mask's last request in flight ends
@@ -133,8 +131,7 @@ class MaskService:
                 if served.digest != self._draining:
                     spared = bool(self._in_flight)  # requests may finish during the load, never start
                     try:
-                        if served.digest not in self._loaded:
-                            await self._load(served, pin=False)
+                        await self._load(served, pin=False)
                         self._in_flight[served.digest] += 1
                         return
                     except BankFull:  # every slot is in use: free one for this request
@@ -147,9 +144,9 @@ class MaskService:
                 raise BankFull(f"all mask slots stayed in use for {self.slot_wait_s:g} s; retry later") from None
 
     def _drain_one(self) -> None:
-        if self._draining is None or self._draining not in self._loaded:
-            busy = [d for d in self._in_flight if d in self._loaded]
-            self._draining = min(busy, key=self._in_flight.__getitem__, default=None)
+        """Masks in flight are resident (every load spares them): drain the one with the fewest requests."""
+        if self._draining not in self._in_flight:
+            self._draining = min(self._in_flight, key=self._in_flight.__getitem__, default=None)
 
     def release(self, served: ServedMask) -> None:
         self._in_flight[served.digest] -= 1
@@ -158,36 +155,28 @@ class MaskService:
             self._slot_freed.set()
             self._slot_freed = asyncio.Event()
 
-    async def ensure_loaded(self, served: ServedMask, pin: bool = False) -> dict | None:
-        """Load into every worker unless already there (or to add a pin); the load report when this call loaded."""
+    async def ensure_loaded(self, served: ServedMask, pin: bool = False) -> dict:
+        """Load into every worker unless already there (or add a pin); the report says whether this call loaded."""
         async with self._residency:
-            if pin or served.digest not in self._loaded:
-                return await self._load(served, pin)
-            return None
+            return await self._load(served, pin)
 
     async def _load(self, served: ServedMask, pin: bool) -> dict:
         """Under `_residency`. Spares every mask with a request in flight."""
         started = time.perf_counter()
         report = await self._rpc("maskserve_load", served.path, pin, sorted(self._in_flight), served.digest)
-        metrics.MASK_LOAD_SECONDS.observe(time.perf_counter() - started)
-        self._loaded.difference_update(report.get("evicted", ()))
-        self._loaded.add(served.digest)
-        if self._draining not in self._loaded:
-            self._draining = None  # its slot went to a waiter
-        metrics.MASKS_LOADED.set(len(self._loaded))
+        if report["loaded"]:
+            metrics.MASK_LOAD_SECONDS.observe(time.perf_counter() - started)
+            self._draining = None  # a slot was found: the waiter it drained for, if any, has it
+        metrics.MASKS_LOADED.set(report["resident"])
         return report
 
     async def unload(self, ref: str) -> bool:
         served = await self.resolve(ref)
-        unloaded = (await self._rpc("maskserve_unload", served.digest, sorted(self._in_flight)))["unloaded"]
-        self._loaded.discard(served.digest)
-        metrics.MASKS_LOADED.set(len(self._loaded))
-        return unloaded
+        return (await self._rpc("maskserve_unload", served.digest, sorted(self._in_flight)))["unloaded"]
 
     async def status(self) -> dict:
         status = await self._rpc("maskserve_status")
-        self._loaded = {m["digest"] for m in status["masks"]}  # the workers may have evicted some
-        metrics.MASKS_LOADED.set(len(self._loaded))
+        metrics.MASKS_LOADED.set(len(status["masks"]))
         versions = await asyncio.to_thread(self.store.versions, base_id=self.base_id)
         names = {r.digest: r.ref for r in versions}
         for m in status["masks"]:

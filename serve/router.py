@@ -34,7 +34,7 @@ async def load_mask(body: LoadMaskRequest, request: Request):
         report = await service.ensure_loaded(served, pin=body.pin)
     except MaskError as e:
         return error_response(e)
-    return {"mask": served.describe(), "loaded": report is not None, "pinned": body.pin, "report": report}
+    return {"mask": served.describe(), "loaded": report["loaded"], "pinned": body.pin, "report": report}
 
 
 @router.post("/v1/masks/unload")

@@ -1,6 +1,7 @@
 """The bank: the one owner of which mask sits in which slot; LRU over slots, pinned and protected masks stay."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,6 +86,19 @@ def test_loading_twice_is_a_no_op(tiny_model, paths):
     first = bank.load(paths[0])
     assert bank.load(paths[0], pin=True) is first and first.pinned
     assert np.count_nonzero([m.pinned for m in bank.loaded.values()]) == 1
+
+
+def test_asking_for_a_resident_mask_by_digest_reads_no_file(tiny_model, paths, tmp_path):
+    """The server asks before every request it admits: a resident mask must cost a lookup, not a read and decode."""
+    import shutil
+
+    from mask_store.format import read_mask_file
+
+    bank = _bank(tiny_model, 2)
+    copy = shutil.copy(paths[0], tmp_path / "copy.mask")
+    first = bank.load(copy, digest=read_mask_file(copy).digest)
+    Path(copy).unlink()  # gc may remove a blob while its mask is resident
+    assert bank.load(copy, digest=first.digest) is first
 
 
 def test_a_file_holding_another_mask_is_refused(tiny_model, paths):

@@ -33,7 +33,7 @@ class FakeEngine:
         if digest in self.loaded:
             self.loaded[digest]["pinned"] |= pin
             self.loaded[digest] = self.loaded.pop(digest)
-            return {**self.loaded[digest], "evicted": []}
+            return {**self.loaded[digest], "loaded": False, "evicted": [], "resident": len(self.loaded)}
         evicted = []
         for old in list(self.loaded):
             if len(self.loaded) < self.capacity:
@@ -44,7 +44,7 @@ class FakeEngine:
         if len(self.loaded) >= self.capacity:
             return {"error": "mask needs 100 bytes; 100 of 100 are pinned or in use", "kind": "BankFull"}
         self.loaded[digest] = {"digest": digest, "bytes": 100, "pinned": pin, "load_ms": 1.0}
-        return {**self.loaded[digest], "evicted": evicted}
+        return {**self.loaded[digest], "loaded": True, "evicted": evicted, "resident": len(self.loaded)}
 
     async def collective_rpc(self, method: str, args: tuple = ()):
         self.calls.append((method, args))

@@ -17,7 +17,7 @@ from .fake_vllm import FakeEngine
 @pytest.fixture
 def store(tmp_path):
     store = Store(tmp_path / "store")
-    for i, name in enumerate(["a", "b"]):
+    for i, name in enumerate(["a", "b", "c"]):
         save_mask(random_mask(i), tmp_path / f"{name}.mask")
         store.push(tmp_path / f"{name}.mask", name)
     return store
@@ -110,5 +110,43 @@ def test_a_mask_in_flight_is_admitted_while_another_mask_loads(store):
         assert set(engine.loaded) == {a.digest, b.digest}
         for served in (a, a, b):
             service.release(served)
+
+    asyncio.run(scenario())
+
+
+def test_a_drained_mask_that_kept_its_slot_is_admitted_again(store):
+    """A waiter drains the least busy mask, but the load it waited for may evict another one: the drained mask must
+    not stay closed to new requests (it did, until each one timed out after slot_wait_s)."""
+    async def scenario():
+        service, engine = _service(store, slot_wait_s=30)
+        engine.capacity = 2
+        a, b, c = [await service.resolve(n) for n in "abc"]
+        await service.admit(a)
+        await service.admit(b)
+        waiting_c = asyncio.ensure_future(service.admit(c))
+        await _spin()
+        assert not waiting_c.done() and service._draining == a.digest
+        service.release(b)  # b frees its slot first: c evicts b, and a keeps its slot
+        await asyncio.wait_for(waiting_c, 10)
+        assert set(engine.loaded) == {a.digest, c.digest}
+        await asyncio.wait_for(service.admit(a), 1)
+        for served in (a, a, c):
+            service.release(served)
+
+    asyncio.run(scenario())
+
+
+def test_the_workers_bank_is_the_only_record_of_residency(store):
+    """A mask the workers dropped behind the server's back (another admin path, a restarted worker) is loaded again
+    before the next request for it, never assumed resident."""
+    async def scenario():
+        service, engine = _service(store, slot_wait_s=30)
+        a = await service.resolve("a")
+        await service.admit(a)
+        service.release(a)
+        engine.loaded.clear()
+        await service.admit(a)
+        assert list(engine.loaded) == [a.digest]
+        service.release(a)
 
     asyncio.run(scenario())

@@ -52,7 +52,8 @@ def test_mask_becomes_xargs_and_cache_salt(server):
     assert set(sent["vllm_xargs"]) == {"mask", "mask_token"} and len(sent["vllm_xargs"]["mask_token"]) == 32
     assert [c[0] for c in engine.calls].count("maskserve_load") == 1
     complete(client, mask="math@1")
-    assert [c[0] for c in engine.calls].count("maskserve_load") == 1  # loaded once
+    # asked again (the workers' bank is the only record of residency), loaded once
+    assert [c[0] for c in engine.calls].count("maskserve_load") == 2 and len(engine.loaded) == 1
 
 
 def test_no_mask_is_the_base_and_says_so(server):
