@@ -6,7 +6,8 @@ weight gives another. Tensor bytes are read straight from the safetensors files 
 so no framework is loaded.
 
 Hashing a model is the slow part (about 1 GB/s), so per-file tensor hashes are cached in SQLite keyed by
-(path, size, mtime); the root is recomputed from the cache in microseconds.
+(path, size, mtime); the root is recomputed from the cache in microseconds. The cache's layout version is SQLite's
+`user_version` (CACHE_VERSION), read by the rule of mask_store/versions.py.
 """
 
 import json
@@ -18,9 +19,16 @@ from pathlib import Path
 
 import blake3
 
+from . import versions
 from .checkpoint import read_header, weight_files
 from .errors import MaskError, ModelError
 from .paths import cache_dir
+
+
+CACHE_VERSION = 1
+# version v -> the step that turns a cache of version v into v + 1.
+_UPGRADES: dict = {}
+_SCHEMA = "CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, records TEXT)"
 
 
 @dataclass(frozen=True)
@@ -52,10 +60,8 @@ class _Cache:
     def __init__(self, path: Path):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(path, timeout=30)
-            self.db.execute(
-                "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, records TEXT)"
-            )
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            versions.open_sqlite(self.db, _SCHEMA, CACHE_VERSION, _UPGRADES, str(path))
         except (OSError, sqlite3.Error) as e:
             raise MaskError(
                 f"cannot open the base-id cache {path} ({e}); point MASKSERVE_CACHE at a writable folder"
@@ -71,10 +77,9 @@ class _Cache:
 
     def put(self, path: Path, st: os.stat_result, records: list[TensorRecord]) -> None:
         blob = json.dumps([[r.name, r.dtype, list(r.shape), r.digest] for r in records])
-        with self.db:
-            self.db.execute(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (str(path), st.st_size, st.st_mtime_ns, blob)
-            )
+        self.db.execute(
+            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", (str(path), st.st_size, st.st_mtime_ns, blob)
+        )
 
 
 def tensor_records(model_dir: str | os.PathLike, use_cache: bool = True) -> list[TensorRecord]:

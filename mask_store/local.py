@@ -11,6 +11,10 @@ is live at that moment, and removal deletes the version's tags in the same trans
 
 Blob files are checked against their digest whenever they are read, and a push replaces one that fails. Index rows
 and files under `blobs/` that are not valid are skipped with a warning and listed by `problems` (for `verify`).
+
+The index's layout version is SQLite's `user_version` (INDEX_VERSION). An index from before it was set reads 0 and
+is index version 1; an older index is upgraded in place under the write lock when the store opens, a newer one is
+refused (mask_store/versions.py).
 """
 
 import json
@@ -20,8 +24,10 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
+from . import versions
 from .atomic import atomic_write_bytes
 from .errors import BaseMismatch, InvalidRef, NotFound, StoreError
 from .refs import check_name, check_tag
@@ -29,15 +35,18 @@ from .store import BlobInfo, VersionRecord, check_blob, check_digest, holds_blob
 
 log = logging.getLogger(__name__)
 
+INDEX_VERSION = 1
+# version v -> the step that turns an index of version v into v + 1, inside the write transaction.
+_UPGRADES: dict[int, Callable[[sqlite3.Connection], sqlite3.Connection]] = {}
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS versions (
+CREATE TABLE versions (
     name TEXT NOT NULL, version INTEGER NOT NULL, digest TEXT NOT NULL, base_id TEXT NOT NULL,
     nbytes INTEGER NOT NULL, removed INTEGER NOT NULL, masked INTEGER NOT NULL, training TEXT NOT NULL,
     created_at TEXT NOT NULL, pushed_at TEXT NOT NULL, removed_at TEXT,
     PRIMARY KEY (name, version)
 );
-CREATE INDEX IF NOT EXISTS versions_digest ON versions (digest);
-CREATE TABLE IF NOT EXISTS tags (
+CREATE INDEX versions_digest ON versions (digest);
+CREATE TABLE tags (
     name TEXT NOT NULL, tag TEXT NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (name, tag)
 );
 """
@@ -55,7 +64,7 @@ class LocalBackend:
             if not os.access(root, os.W_OK):
                 raise PermissionError(13, "Permission denied")
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(_SCHEMA)
+            versions.open_sqlite(self.db, _SCHEMA, INDEX_VERSION, _UPGRADES, str(root / "index.sqlite"), StoreError)
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"store {root} is not usable: {getattr(e, 'strerror', None) or e}") from e
 

@@ -4,6 +4,7 @@
     PREFIX/names/<name>.json              {"base_id": ...}, created with `If-None-Match: *` by the name's first push
     PREFIX/versions/<name>/<00000007>.json  created with `If-None-Match: *`, so exactly one writer gets each number
     PREFIX/tags/<name>/<tag>.json         {"version": N}, last writer wins
+    PREFIX/format.json                    {"format": 1}, the layout's version, created by the first push
 
 A push uploads its blob, binds the name to its base (the first conditional PUT of `names/<name>.json` wins, so two
 racing first pushes with different bases cannot both land; later pushes compare against it), then claims the next
@@ -23,6 +24,10 @@ Nothing read from the bucket is trusted: keys and records are validated (a diges
 names a key or a cache file), objects that are not valid are skipped with a warning and listed by `problems`, and
 blobs, including the local cache's copies, are checked against their digest on every read.
 
+The layout's version (STORE_FORMAT) is checked when the backend opens: a bucket without `format.json` was written
+before the layout carried one and is format 1; an older layout is brought up to date by the steps in `_UPGRADES`
+(run at open), a newer one is refused (mask_store/versions.py). Readers never write it, so a read-only replica works.
+
 Endpoint and credentials come from the usual AWS settings (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ...).
 """
 
@@ -38,6 +43,7 @@ from typing import Any
 import boto3
 import botocore.exceptions
 
+from . import versions
 from .atomic import atomic_write_bytes
 from .errors import BaseMismatch, InvalidRef, NotFound, StoreError
 from .paths import cache_dir
@@ -47,6 +53,9 @@ from .store import BlobInfo, VersionRecord, check_blob, check_digest, holds_blob
 log = logging.getLogger(__name__)
 _MAX_CLAIMS = 1000
 _VERSION_FILE = re.compile(r"([0-9]{8,})\.json")
+STORE_FORMAT = 1
+# version v -> the step that turns a bucket of layout v into v + 1, run when a backend opens it.
+_UPGRADES: dict[int, Callable[["S3Backend"], "S3Backend"]] = {}
 
 
 class S3Backend:
@@ -63,6 +72,29 @@ class S3Backend:
             self.s3.head_bucket(Bucket=bucket)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
             raise StoreError(f"store {uri}: bucket is not reachable ({_reason(e)})") from e
+        self._format_written = self._open_format()
+
+    def _open_format(self) -> bool:
+        """Check the layout's version (upgrading an older one); True if `format.json` is there."""
+        key = self._key("format.json")
+        try:
+            raw = self._get_json(key)
+        except ValueError as e:
+            raise StoreError(f"store {self.uri}: {self._rel(key)} is damaged ({e})") from e
+        if raw is not None and not (isinstance(raw, dict) and set(raw) == {"format"}):
+            raise StoreError(f'store {self.uri}: {self._rel(key)} is damaged (expected {{"format": N}})')
+        version = 1 if raw is None else raw["format"]  # no format.json: written before the layout had a version
+        versions.upgrade(self, version, STORE_FORMAT, _UPGRADES, f"{self.uri}/{self._rel(key)}", StoreError)
+        if version != STORE_FORMAT:  # upgraded just now
+            self._put(key, json.dumps({"format": STORE_FORMAT}).encode())
+            return True
+        return raw is not None
+
+    def _write_format(self) -> None:
+        """The first push to a bucket records its layout's version (create-only: racing first pushes agree)."""
+        if not self._format_written:
+            self._put(self._key("format.json"), json.dumps({"format": STORE_FORMAT}).encode(), create_only=True)
+            self._format_written = True
 
     def _key(self, *parts: str) -> str:
         return self.prefix + "/".join(parts)
@@ -217,6 +249,7 @@ class S3Backend:
         return check_digest(raw["base_id"], "base id")
 
     def add_version(self, name: str, fields: dict[str, Any], blob: bytes, tags: list[str]) -> VersionRecord:
+        self._write_format()
         self.put_blob(fields["digest"], blob)
         self._claim_base(name, fields["base_id"], f"mask {fields['digest'][:12]}")
         for _ in range(_MAX_CLAIMS):

@@ -7,6 +7,7 @@ a format carried a version is version 1 of that format. Readers upgrade on load;
 refused with one line naming the file, since older code cannot know what a newer field means.
 """
 
+import sqlite3
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
@@ -34,3 +35,33 @@ def upgrade(value: T, version: object, current: int, steps: Mapping[int, Callabl
         value = steps[version](value)
         version += 1
     return value
+
+
+def open_sqlite(db: sqlite3.Connection, schema: str, current: int,
+                steps: Mapping[int, Callable[[sqlite3.Connection], sqlite3.Connection]], source: str,
+                error: type[MaskError] = MaskError) -> None:
+    """Create `schema` in a new file, or upgrade an older one in place, and record `current` as SQLite's
+    `user_version`, all under the write lock: concurrent openers wait, then find it done. A file from before the
+    format carried a version reads 0 and is version 1 (the code before opened every file with the version-1 schema).
+    `db` must be in autocommit mode (isolation_level=None)."""
+    if _user_version(db) == current:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = _user_version(db)
+        if version == 0 and db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+            version = 1
+        elif version == 0:
+            for statement in filter(str.strip, schema.split(";")):
+                db.execute(statement)
+            version = current
+        upgrade(db, version, current, steps, source, error)
+        db.execute(f"PRAGMA user_version = {current}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _user_version(db: sqlite3.Connection) -> int:
+    return db.execute("PRAGMA user_version").fetchone()[0]

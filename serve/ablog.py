@@ -7,6 +7,9 @@ The report gives, per arm: requests, errors, mean and p95 latency, mean TTFT, to
 95% confidence interval; then each arm's score difference to the first (control) arm with its interval. Scores that
 are all 0 or 1 (exact match, thumbs up/down) get Wilson intervals, which stay inside [0, 1] on small counts, and
 Newcombe's interval for the difference; other scores Student's t and Welch (mask_store/stats.py).
+
+The log's layout version is SQLite's `user_version` (LOG_VERSION): a log from before it was set is version 1, an
+older one is upgraded when opened, a newer one refused (mask_store/versions.py).
 """
 
 import sqlite3
@@ -16,9 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mask_store import versions
 from mask_store.errors import MaskError
 from mask_store.stats import difference, interval_method, score_interval
 
+LOG_VERSION = 1
+# version v -> the step that turns a log of version v into v + 1.
+_UPGRADES: dict = {}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     id TEXT, experiment TEXT NOT NULL, arm TEXT NOT NULL, mask TEXT NOT NULL, status INTEGER NOT NULL,
@@ -40,7 +47,7 @@ class ABLog:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.executescript(_SCHEMA)
+            versions.open_sqlite(self.db, _SCHEMA, LOG_VERSION, _UPGRADES, str(path))
         except (OSError, sqlite3.Error) as e:
             raise MaskError(f"cannot open the A/B log {path}: {e}") from e
 

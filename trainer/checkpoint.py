@@ -5,6 +5,9 @@ a pure function of the seed, so resuming replays the batch stream up to that ste
 run therefore ends with the same mask, bit for bit, as one that never stopped. The run's fingerprint (every
 hyper-parameter, the data file's hash, the target weights) is stored too: resuming under anything else is refused.
 Writes are atomic (temp file, fsync, rename), so a crash during a save leaves the previous checkpoint.
+
+The file is a dict with a `format` key (CHECKPOINT_VERSION); one from before the key existed is format 1. Older
+formats are upgraded on load, newer ones refused (mask_store/versions.py).
 """
 
 import pickle
@@ -13,8 +16,13 @@ from pathlib import Path
 
 import torch
 
+from mask_store import versions
 from mask_store.atomic import atomic_file
 from mask_store.errors import MaskError
+
+CHECKPOINT_VERSION = 1
+# version v -> the step that turns the saved dict of version v into v + 1.
+_UPGRADES: dict = {}
 
 
 @dataclass
@@ -34,7 +42,7 @@ class Checkpointing:
 
     def save(self, state: TrainingState) -> None:
         with atomic_file(self.path) as f:
-            torch.save({"fingerprint": self.fingerprint, "state": state.__dict__}, f)
+            torch.save({"format": CHECKPOINT_VERSION, "fingerprint": self.fingerprint, "state": state.__dict__}, f)
 
     def load(self) -> TrainingState:
         if not self.path.is_file():
@@ -43,6 +51,9 @@ class Checkpointing:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
         except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as e:  # damaged or not ours
             raise MaskError(f"{self.path}: not a readable mask-train checkpoint ({type(e).__name__})") from e
+        if not isinstance(saved, dict):
+            raise MaskError(f"{self.path}: not a mask-train checkpoint (holds a {type(saved).__name__})")
+        saved = versions.upgrade(saved, saved.get("format", 1), CHECKPOINT_VERSION, _UPGRADES, str(self.path))
         theirs = saved.get("fingerprint", {})
         if theirs != self.fingerprint:
             changed = sorted(k for k in {*self.fingerprint, *theirs} if self.fingerprint.get(k) != theirs.get(k))
