@@ -21,8 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from mask_store.projections import HF_PROJECTIONS
+
 LAYERS = "20-23"
-PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def tokens_per_s(generate) -> float:
@@ -55,7 +56,7 @@ def make_adapters(model: Path, out: Path, count: int, rank: int) -> list[Path]:
     for i in range(count):
         torch.manual_seed(i)
         base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-        config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=PROJECTIONS,
+        config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(HF_PROJECTIONS),
                             layers_to_transform=list(range(first, last + 1)), init_lora_weights=False)
         get_peft_model(base, config).save_pretrained(out / f"lora{i}")
         paths.append(out / f"lora{i}")

@@ -10,14 +10,13 @@ loaders (vllm/model_executor/layers/linear.py, v0.32: `QKVParallelLinear.weight_
 The plain-transformers layout (`hf_placement`) is the same idea with no fusing and one rank.
 """
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from mask_store.errors import MaskError
+from mask_store.projections import WEIGHT, weight_name
 
-HF_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 VLLM_PROJECTIONS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")  # vLLM's fused layers
 
 
@@ -26,7 +25,6 @@ class IncompatibleMask(MaskError):
 
     status = 422
 
-_WEIGHT = re.compile(r"(?P<prefix>.*layers\.\d+\.)(?P<block>self_attn|mlp)\.(?P<proj>\w+)_proj\.weight", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -56,11 +54,9 @@ class ModelShape:
         """Every decoder projection weight a mask may name, with its (out, in) shape."""
         q, kv, hidden, inter = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, \
             self.hidden_size, self.intermediate_size
-        per_layer = {"self_attn.q_proj": (q, hidden), "self_attn.k_proj": (kv, hidden), "self_attn.v_proj": (kv, hidden),
-                     "self_attn.o_proj": (hidden, q), "mlp.gate_proj": (inter, hidden), "mlp.up_proj": (inter, hidden),
-                     "mlp.down_proj": (hidden, inter)}
-        return {f"model.layers.{i}.{name}.weight": shape
-                for i in range(self.num_layers) for name, shape in per_layer.items()}
+        per_layer = {"q": (q, hidden), "k": (kv, hidden), "v": (kv, hidden), "o": (hidden, q),
+                     "gate": (inter, hidden), "up": (inter, hidden), "down": (hidden, inter)}
+        return {weight_name(i, proj): shape for i in range(self.num_layers) for proj, shape in per_layer.items()}
 
 
 def check_mask_tensors(tensors, expected: dict[str, tuple[int, ...]], what: str) -> None:
@@ -106,7 +102,7 @@ def _split(n: int, parts: int) -> int:
 
 def vllm_placement(name: str, shape: ModelShape, tp_rank: int = 0, tp_size: int = 1) -> Placement:
     """The placement of HF weight `name` in vLLM's Llama-family layers on rank `tp_rank` of `tp_size`."""
-    m = _WEIGHT.fullmatch(name)
+    m = WEIGHT.fullmatch(name)
     if m is None:
         raise ValueError(f"{name} is not a decoder projection weight")
     prefix, block, proj = m["prefix"], m["block"], m["proj"]

@@ -17,10 +17,11 @@ from mask_store.errors import BaseMismatch, MaskError
 from mask_store.format import load_mask
 from mask_store.identity import base_id
 from mask_store.mask import Mask
+from mask_store.projections import HF_PROJECTIONS
 
 from .bank import MaskBank
 from .deltas import CheckpointReader, build_deltas
-from .layout import HF_PROJECTIONS, check_mask_tensors, hf_placement
+from .layout import check_mask_tensors, hf_placement
 from .masked_linear import swap_linears
 from .slots import SlotConfig, SlotTable
 

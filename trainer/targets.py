@@ -1,18 +1,16 @@
 """Which weight matrices a mask covers: a band of decoder layers and a set of projections.
 
-Names follow the Hugging Face Llama layout (also Mistral, Qwen2, SmolLM): `model.layers.{i}.self_attn.{q,k,v,o}_proj`
-and `model.layers.{i}.mlp.{gate,up,down}_proj`. Embeddings, norms and the LM head are never targets.
+Names follow the Hugging Face Llama layout named in mask_store/projections.py. Embeddings, norms and the LM head are
+never targets.
 """
 
 import re
 from dataclasses import dataclass
 
 from mask_store.errors import ModelError
+from mask_store.projections import ATTN, MLP, WEIGHT
 
-ATTN = ("q", "k", "v", "o")
-MLP = ("gate", "up", "down")
 MODULE_SETS = {"all": ATTN + MLP, "attn": ATTN, "mlp": MLP}
-_WEIGHT = re.compile(r"(?:.*\.)?layers\.(\d+)\.(self_attn|mlp)\.(\w+)_proj\.weight", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -45,17 +43,17 @@ class TargetSpec:
 
 def select_targets(spec: TargetSpec, shapes: dict[str, tuple[int, ...]]) -> list[str]:
     """The weight names in `shapes` that `spec` covers, in layer order; errors name what is missing."""
-    layers = sorted({int(m[1]) for name in shapes if (m := _WEIGHT.fullmatch(name))})
+    layers = sorted({int(m["layer"]) for name in shapes if (m := WEIGHT.fullmatch(name))})
     if not layers:
         raise ModelError("the model has no decoder layers with *_proj weights (expected a Llama-style model)")
     if spec.first < layers[0] or spec.last > layers[-1]:
         raise ModelError(f"--layers {spec.first}-{spec.last} is outside the model's layers {layers[0]}-{layers[-1]}")
     chosen = []
     for name in shapes:
-        m = _WEIGHT.fullmatch(name)
-        if m and spec.first <= int(m[1]) <= spec.last and m[3] in spec.modules:
+        m = WEIGHT.fullmatch(name)
+        if m and spec.first <= int(m["layer"]) <= spec.last and m["proj"] in spec.modules:
             chosen.append(name)
-    missing = set(spec.modules) - {_WEIGHT.fullmatch(n)[3] for n in chosen}
+    missing = set(spec.modules) - {WEIGHT.fullmatch(n)["proj"] for n in chosen}
     if missing:
         raise ModelError(f"the model has no {', '.join(sorted(missing))} projection in layers {spec.first}-{spec.last}")
-    return sorted(chosen, key=lambda n: (int(_WEIGHT.fullmatch(n)[1]), n))
+    return sorted(chosen, key=lambda n: (int(WEIGHT.fullmatch(n)["layer"]), n))

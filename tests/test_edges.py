@@ -1,0 +1,57 @@
+"""The design's dependency order, held by reading every import: serve -> runtime -> mask_store, trainer -> mask_store.
+
+And one owner per fact: the projection names are spelled only in mask_store/projections.py.
+"""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+MAY_IMPORT = {
+    "mask_store": set(),
+    "trainer": {"mask_store"},
+    "runtime": {"mask_store"},
+    "serve": {"runtime", "mask_store"},
+}
+
+
+def _imported_packages(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found & set(MAY_IMPORT)
+
+
+@pytest.mark.parametrize("package", sorted(MAY_IMPORT))
+def test_imports_point_one_way(package):
+    wrong = {
+        f"{path.relative_to(ROOT)} imports {other}"
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for other in _imported_packages(path) - MAY_IMPORT[package] - {package}
+    }
+    assert not wrong, sorted(wrong)
+
+
+_HF_ONLY = re.compile(r"\b(q|k|v|gate|up)_proj\b")  # o_proj and down_proj are vLLM's names too (runtime/layout.py)
+
+
+def _literals(path: Path) -> list[str]:
+    """String constants in code; docstrings and comments may name what they explain."""
+    tree = ast.parse(path.read_text(), str(path))
+    docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+    return [node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def test_projection_names_have_one_home():
+    home = ROOT / "mask_store" / "projections.py"
+    spelled = [str(path.relative_to(ROOT)) for package in [*MAY_IMPORT, "bench"]
+               for path in sorted((ROOT / package).rglob("*.py"))
+               if path != home and any(_HF_ONLY.search(text) for text in _literals(path))]
+    assert not spelled, spelled
