@@ -26,6 +26,7 @@ import vllm.envs as envs
 from mask_store.store import Store
 
 from .ablog import ABLog
+from .ablog_writer import ABLogWriter
 from .auth import AuthMiddleware
 from .experiments import Experiments
 from .limits import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
@@ -74,13 +75,14 @@ async def install(app, engine_client, served_names: list[str], config: MaskServe
         report = await service.run_canary(engine_client.model_config.hf_config, dtype,
                                           lambda ids, served: _prompt_logprobs(engine_client, service.key, ids, served))
         logger.info("start-up canary passed: %s", report)
-    app.state.masks, app.state.experiments, app.state.ablog = service, experiments, ablog
+    writer = ABLogWriter(ablog)  # no SQLite commit on the event loop
+    app.state.masks, app.state.experiments, app.state.ablog = service, experiments, writer
     app.include_router(router)
     app.add_exception_handler(HTTPException, http_error)
     # build_app's SageMaker bootstrap already built Starlette's middleware stack; no request has been served, so
     # drop it and let Starlette rebuild it, with ours outermost, on the first request.
     app.middleware_stack = None
-    app.add_middleware(MaskMiddleware, service=service, experiments=experiments, ablog=ablog,
+    app.add_middleware(MaskMiddleware, service=service, experiments=experiments, ablog=writer,
                        base_names=served_names)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)  # after the key check
     app.add_middleware(AuthMiddleware, api_keys=config.api_keys, admin_key=config.admin_key)

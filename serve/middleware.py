@@ -26,7 +26,7 @@ from mask_store.errors import InvalidRef, MaskError, NotFound
 from runtime.requests import MASK_XARGS, SALT_PREFIX, ServedMask
 
 from . import metrics
-from .ablog import ABLog
+from .ablog_writer import ABLogWriter
 from .experiments import PREFIX, Experiments
 from .limits import read_body, replay
 from .masks import MaskService
@@ -68,7 +68,7 @@ class Outcome:
 
 
 class MaskMiddleware:
-    def __init__(self, app: ASGIApp, service: MaskService, experiments: Experiments, ablog: ABLog,
+    def __init__(self, app: ASGIApp, service: MaskService, experiments: Experiments, ablog: ABLogWriter,
                  base_names: list[str]):
         self.app = app
         self.service = service

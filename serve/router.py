@@ -61,7 +61,7 @@ async def create_experiment(body: ExperimentSpec, request: Request):
     except MaskError as e:
         return error_response(e)
     experiment = state.experiments.add(body)
-    state.ablog.save_experiment(experiment.name, json.dumps(experiment.describe()))
+    await state.ablog.save_experiment(experiment.name, json.dumps(experiment.describe()))
     return experiment.describe()
 
 
@@ -75,6 +75,6 @@ async def get_experiment(name: str, request: Request):
 
 @router.post("/v1/feedback")
 async def feedback(body: Feedback, request: Request):
-    if not request.app.state.ablog.feedback(body.id, body.score):
+    if not await request.app.state.ablog.feedback(body.id, body.score):
         return error_response(NotFound(f"no experiment request with id {clip(body.id)}"))
     return {"id": body.id, "score": body.score}

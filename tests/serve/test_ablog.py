@@ -64,3 +64,29 @@ def test_report_command(log, tmp_path, capsys):
 
 def test_parse_size():
     assert parse_size("1GiB") == 1 << 30 and parse_size("512MiB") == 512 << 20 and parse_size("100") == 100
+
+
+def test_the_server_writes_the_log_off_the_event_loop_and_in_order(tmp_path):
+    """A commit on the event loop stalls every request; feedback right after its response must still find the row."""
+    import asyncio
+    import threading
+
+    from serve.ablog_writer import ABLogWriter
+
+    class Watched(ABLog):
+        def record(self, *row):
+            threads.append(threading.current_thread())
+            super().record(*row)
+
+    threads = []
+
+    async def scenario():
+        writer = ABLogWriter(Watched(tmp_path / "ab.sqlite"))
+        for i in range(50):
+            writer.record(f"r{i}", "exp", "base", "base", 200, 1.0, None, 1)
+        assert await writer.feedback("r49", 1.0)  # queued behind the 50 rows, so it finds the last one
+        return threading.current_thread()
+
+    loop_thread = asyncio.run(scenario())
+    assert len(threads) == 50 and loop_thread not in threads
+    assert report(ABLog(tmp_path / "ab.sqlite", create=False), "exp")["arms"][0]["scored"] == 1
