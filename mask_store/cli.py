@@ -124,14 +124,10 @@ def cmd_base_id(args, store: Store | None) -> int:
     return 0
 
 
-def cmd_export(args, store: Store) -> int:
-    # The reference path needs torch and transformers, which live in runtime/ (imported only for this command).
-    from runtime.reference import export_materialized
-
-    record = store.resolve(args.ref)
-    export_materialized(args.model, store.local_path(record), args.materialize)
-    print(f"{record.ref} materialized into {args.materialize}")
-    return 0
+def cmd_export(args, store: Store | None) -> int:
+    """Moved to runtime with the model code it needs; kept so old scripts learn where it went."""
+    print("mask-store: error: 'mask-store export' is now 'mask-export' (same arguments)", file=sys.stderr)
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,10 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir")
     p.add_argument("--no-cache", action="store_true", help="re-hash every tensor")
 
-    p = command("export", cmd_export, "write a standalone checkpoint with the mask applied", json_flag=False)
-    p.add_argument("ref")
-    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="the base model the mask was trained on")
-    p.add_argument("--materialize", required=True, metavar="OUT_DIR")
+    p = sub.add_parser("export", help="moved: use mask-export")
+    p.set_defaults(func=cmd_export)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -194,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="mask-store: %(message)s")  # e.g. stored objects a read skipped, one line each
     try:
-        store = None if args.func is cmd_base_id else Store(args.store)
+        store = None if args.func in (cmd_base_id, cmd_export) else Store(args.store)
         return args.func(args, store)
     except MaskError as e:
         print(f"mask-store: error: {e}", file=sys.stderr)

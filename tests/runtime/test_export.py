@@ -1,6 +1,7 @@
 import torch
 
 from mask_store.cli import main
+from runtime.export_cli import main as export
 from mask_store.format import load_mask
 from mask_store.identity import base_id
 from runtime.reference import load_model, materialize
@@ -14,7 +15,7 @@ def test_export_writes_the_materialized_checkpoint(tiny_model, tmp_path, capsys)
     path = make_mask(tiny_model, tmp_path / "m.mask", 0.3, "1-2", "all", seed=3)
     assert main(["--store", store, "push", str(path), "--name", "m"]) == 0
     out = tmp_path / "exported"
-    assert main(["--store", store, "export", "m", "--model", str(tiny_model), "--materialize", str(out)]) == 0
+    assert export(["m", "--store", store, "--model", str(tiny_model), "--materialize", str(out)]) == 0
     assert "materialized" in capsys.readouterr().out
     exported, _ = load_model(out)
     expected, _ = load_model(tiny_model)
@@ -31,7 +32,7 @@ def test_export_refuses_another_base(tiny_model, tmp_path, capsys):
     other = make_tiny_model(tmp_path / "other", seed=3)
     main(["--store", store, "push", str(make_mask(other, tmp_path / "o.mask")), "--name", "o"])
     capsys.readouterr()
-    assert main(["--store", store, "export", "o", "--model", str(tiny_model), "--materialize",
+    assert export(["o", "--store", store, "--model", str(tiny_model), "--materialize",
                  str(tmp_path / "x")]) == 1
     assert "trained on base" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
@@ -41,6 +42,11 @@ def test_export_never_overwrites_a_folder(tiny_model, tmp_path, capsys):
     main(["--store", store, "push", str(make_mask(tiny_model, tmp_path / "m.mask")), "--name", "m"])
     capsys.readouterr()
     before = sorted(p.name for p in tiny_model.iterdir())
-    assert main(["--store", store, "export", "m", "--model", str(tiny_model), "--materialize", str(tiny_model)]) == 1
+    assert export(["m", "--store", store, "--model", str(tiny_model), "--materialize", str(tiny_model)]) == 1
     assert "is not an empty folder" in capsys.readouterr().err
     assert sorted(p.name for p in tiny_model.iterdir()) == before
+
+
+def test_mask_store_export_says_where_it_went(capsys):
+    assert main(["export", "m", "--model", "x", "--materialize", "y"]) == 2
+    assert "'mask-store export' is now 'mask-export'" in capsys.readouterr().err
