@@ -1,7 +1,7 @@
 """The `mask` field, as ASGI middleware in front of vLLM's own OpenAI server.
 
-On POST /v1/completions and /v1/chat/completions it takes `mask` (or a `model` that names a mask, or `ab:NAME`),
-resolves it through the store, makes sure the workers hold it, and hands vLLM an ordinary request whose
+On POST /v1/completions and /v1/chat/completions it takes `mask` (or a `model` that names a mask, or `ab:NAME`;
+the decision is serve/routing.py's, from the body alone), resolves it through the store, makes sure the workers hold it, and hands vLLM an ordinary request whose
 `vllm_xargs` carry the digest and whose `cache_salt` starts with it. vLLM parses, templates, schedules and streams
 as it always does. On the way back it marks the response with the mask that served it (`x-mask` header, `mask`
 object in the JSON body or in every streamed chunk), and counts it in the metrics and, for experiments, the A/B log.
@@ -23,36 +23,18 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mask_store.errors import InvalidRef, MaskError, NotFound
-from runtime.requests import MASK_XARGS, SALT_PREFIX, ServedMask
+from runtime.requests import MASK_XARGS
 
-from . import metrics
+from . import metrics, routing
 from .ablog_writer import ABLogWriter
 from .experiments import PREFIX, Experiments
 from .limits import read_body, replay
 from .masks import MaskService
 from .protocol import clip, error_body, error_response, http_status
+from .routing import MaskFields, Route
 
 INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions")
 OWN_PATHS = ("/v1/masks", "/v1/experiments", "/v1/feedback")  # serve/router.py: their bodies name masks to manage
-
-
-@dataclass
-class Route:
-    served: ServedMask | None = None  # None: the base model
-    model_was_mask: bool = False
-    experiment: str | None = None
-    arm: str | None = None
-    drop_usage_chunk: bool = False  # we asked vLLM for a usage chunk the client did not ask for
-
-    @property
-    def label(self) -> str:
-        return f"{self.served.name}@{self.served.version}" if self.served else "base"
-
-    def body_fields(self) -> dict:
-        out = {"mask": self.served.describe() if self.served else None}
-        if self.experiment:
-            out["experiment"] = {"name": self.experiment, "arm": self.arm}
-        return out
 
 
 @dataclass
@@ -90,26 +72,18 @@ class MaskMiddleware:
     # --- requests ------------------------------------------------------------------------------------------------
 
     async def route(self, request: dict) -> Route:
-        mask = request.get("mask")
-        if mask is not None and not isinstance(mask, str):
-            raise InvalidRef("'mask' must be a string (NAME, NAME@N, NAME:TAG, a digest or ab:EXPERIMENT) or null")
-        route = Route()
-        model = request.get("model")
-        if mask is None and isinstance(model, str) and model not in self.base_names:
-            mask, route.model_was_mask = model, True
-        if mask is not None and mask.startswith(PREFIX):
-            experiment = self.experiments.get(mask[len(PREFIX):])
-            user = request.get("user")
-            arm = experiment.route(user if isinstance(user, str) else None)
-            route.experiment, route.arm, mask = experiment.name, arm.name, arm.mask
-        if mask is not None:
-            try:
-                route.served = await self.service.resolve(mask)
-            except (NotFound, InvalidRef) as e:
-                if not route.model_was_mask:
-                    raise
-                served = ", ".join(sorted(self.base_names))
-                raise NotFound(f"model {clip(model)} is neither the served model ({served}) nor a mask: {e}") from e
+        """routing.route, then its REF resolved through the store."""
+        route = routing.route(MaskFields.of(request), self.base_names, self.experiments)
+        if route.ref is None:
+            return route
+        try:
+            route.served = await self.service.resolve(route.ref)
+        except (NotFound, InvalidRef) as e:
+            if not route.model_was_mask:
+                raise
+            served = ", ".join(sorted(self.base_names))
+            model = request.get("model")
+            raise NotFound(f"model {clip(model)} is neither the served model ({served}) nor a mask: {e}") from e
         return route
 
     def rewrite(self, request: dict, route: Route) -> dict:
@@ -143,7 +117,6 @@ class MaskMiddleware:
         if not isinstance(request, dict):
             return await _error(scope, receive, send, 400, "request body must be a JSON object")
         try:
-            _check_cache_salt(request)
             route = await self.route(request)
             if route.served is not None:
                 await self.service.admit(route.served)
@@ -218,13 +191,6 @@ class MaskMiddleware:
         created = listing["data"][0]["created"] if listing.get("data") else int(time.time())
         listing["data"].extend(await self.service.model_cards(created))
         await JSONResponse(listing)(scope, receive, send)
-
-
-def _check_cache_salt(request: dict) -> None:
-    """Salts under SALT_PREFIX are maskserve's own: a client's would share KV blocks with a mask's requests."""
-    salt = request.get("cache_salt")
-    if isinstance(salt, str) and salt.startswith(SALT_PREFIX):
-        raise InvalidRef(f"'cache_salt' may not start with {SALT_PREFIX!r}: that namespace is reserved for masks")
 
 
 # --- ASGI plumbing -------------------------------------------------------------------------------------------------
