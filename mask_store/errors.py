@@ -50,19 +50,3 @@ class BankFull(MaskError):
     """The mask memory budget is held by pinned masks or masks that running requests use."""
 
     status = 507
-
-
-def rebuild(kind: str, message: str) -> MaskError:
-    """An error reported across a process boundary as (class name, message), raised again as its own class."""
-    classes = {cls.__name__: cls for cls in _all_subclasses(MaskError)}
-    cls = classes.get(kind, MaskError)
-    error = cls.__new__(cls)
-    Exception.__init__(error, message)
-    return error
-
-
-def _all_subclasses(cls: type) -> list[type]:
-    out = [cls]
-    for sub in cls.__subclasses__():
-        out.extend(_all_subclasses(sub))
-    return out

@@ -15,7 +15,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from mask_store.errors import BaseMismatch, rebuild
+from mask_store.errors import BaseMismatch, MaskError
 from mask_store.format import read_mask_file
 from mask_store.store import Store
 
@@ -78,11 +78,27 @@ def first_result(results: list[dict]) -> dict:
     """collective_rpc returns one dict per worker; re-raise the first error one reports, else return rank 0's."""
     for result in results:
         if "error" in result:
-            error = rebuild(result.get("kind", "MaskError"), result["error"])
+            error = _rebuild(result.get("kind", "MaskError"), result["error"])
             if "status" in result:  # the worker's class may not be importable here; its status still is
                 error.status = result["status"]
             raise error
     return results[0]
+
+
+def _rebuild(kind: str, message: str) -> MaskError:
+    """An error a worker reported as (class name, message), raised again here as its own class."""
+    classes = {cls.__name__: cls for cls in _all_subclasses(MaskError)}
+    cls = classes.get(kind, MaskError)
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    return error
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_all_subclasses(sub))
+    return out
 
 
 def fast_dtype() -> str:

@@ -84,3 +84,11 @@ def test_worker_errors_keep_their_status_across_the_rpc_boundary():
     with pytest.raises(MaskError) as raised:
         first_result([{"layers": 1}, {"error": "too large", "status": 422, "kind": "SomeWorkerOnlyError"}])
     assert raised.value.status == 422 and str(raised.value) == "too large"
+
+
+def test_worker_errors_come_back_as_their_own_class():
+    from mask_store.errors import BaseMismatch
+    from runtime.requests import first_result
+
+    with pytest.raises(BaseMismatch, match="another base"):
+        first_result([{"error": "trained on another base", "status": 422, "kind": "BaseMismatch"}])
