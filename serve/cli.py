@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from mask_store.errors import MaskError
-from runtime.requests import DEFAULT_MAX_MASKS
+from runtime.requests import DEFAULT_MASK_MEMORY, DEFAULT_MAX_MASKS
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 
@@ -68,9 +68,9 @@ def build_parser():
     ours.add_argument("--experiments", default=None, help="YAML or JSON file of A/B experiments")
     ours.add_argument("--max-masks", type=int, default=DEFAULT_MAX_MASKS,
                       help="masks resident at once per worker, like --max-loras (LRU beyond; default %(default)s)")
-    ours.add_argument("--mask-memory", type=parse_size, default=parse_size("1GiB"),
+    ours.add_argument("--mask-memory", type=parse_size, default=DEFAULT_MASK_MEMORY,
                       help="memory for the resident masks per worker, split evenly over --max-masks slots "
-                           "(default 1GiB)")
+                           f"(default {DEFAULT_MASK_MEMORY >> 30}GiB)")
     ours.add_argument("--ab-db", default=default_ab_db(), help="SQLite file of the A/B log (default: %(default)s)")
     ours.add_argument("--resolve-ttl", type=float, default=1.0,
                       help="seconds a REF resolution is reused before the store is asked again")
@@ -108,11 +108,12 @@ def apply_engine_defaults(args) -> None:
     args.additional_config = defaults["additional_config"]
     args.dtype = defaults["dtype"]
     if args.enable_prefix_caching is None:
-        args.enable_prefix_caching = True
+        args.enable_prefix_caching = defaults["enable_prefix_caching"]
     if args.kv_cache_memory_bytes is None and "kv_cache_memory_bytes" in defaults:
         args.kv_cache_memory_bytes = defaults["kv_cache_memory_bytes"]
     if "compilation_config" in defaults and not args.enforce_eager:
-        args.compilation_config.cudagraph_mode = args.compilation_config.cudagraph_mode or "PIECEWISE"
+        mode = defaults["compilation_config"]["cudagraph_mode"]
+        args.compilation_config.cudagraph_mode = args.compilation_config.cudagraph_mode or mode
 
 
 def serve_main(argv: Sequence[str]) -> int:
