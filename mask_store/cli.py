@@ -1,6 +1,8 @@
 """`mask-store`: push, list, tag and check masks in a store (a local folder or s3://bucket/prefix).
 
-Every read command takes --json for scripts. User mistakes print one line on stderr and exit 1.
+Every read command takes --json for scripts. Exit codes, as grep and diff use them: 0 done; 1 `verify` found
+problems in the store (listed on stdout); 2 the command could not run: a user mistake, an unusable store or bad
+arguments, with one line on stderr.
 """
 
 import argparse
@@ -8,6 +10,8 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+
+PROBLEMS, ERROR = 1, 2  # exit codes beside 0 (argparse exits 2 on bad arguments too)
 
 from .identity import base_id
 from .errors import MaskError
@@ -109,7 +113,7 @@ def cmd_verify(args, store: Store) -> int:
         {"checked": checked, "problems": problems},
         lambda: print("\n".join(problems) if problems else f"ok: {checked} version(s) verified"),
     )
-    return 1 if problems else 0
+    return PROBLEMS if problems else 0
 
 
 def cmd_gc(args, store: Store) -> int:
@@ -127,7 +131,7 @@ def cmd_base_id(args, store: Store | None) -> int:
 def cmd_export(args, store: Store | None) -> int:
     """Moved to runtime with the model code it needs; kept so old scripts learn where it went."""
     print("mask-store: error: 'mask-store export' is now 'mask-export' (same arguments)", file=sys.stderr)
-    return 2
+    return ERROR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("rm", cmd_rm, "remove a version (its number is never reused) and its tags", json_flag=False)
     p.add_argument("ref")
 
-    p = command("verify", cmd_verify, "re-hash and decode stored masks; exit 1 on any problem")
+    p = command("verify", cmd_verify, "re-hash and decode stored masks; exit 1 on any problem, 2 if verify cannot run")
     p.add_argument("ref", nargs="?")
 
     p = command("gc", cmd_gc, "delete blobs that no live version references")
@@ -193,10 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args, store)
     except MaskError as e:
         print(f"mask-store: error: {e}", file=sys.stderr)
-        return 1
+        return ERROR
     except OSError as e:  # a path the user gave: missing folder, a directory, no permission
         print(f"mask-store: error: {e.filename}: {e.strerror}", file=sys.stderr)
-        return 1
+        return ERROR
 
 
 if __name__ == "__main__":

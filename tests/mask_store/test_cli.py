@@ -69,7 +69,7 @@ def test_human_listing(run, mask_file):
 def test_user_errors_are_one_line_and_nonzero(run, mask_file, argv, message):
     run("push", str(mask_file), "--name", "math")
     code, out, err = run(*[a.replace("{mask}", str(mask_file)) for a in argv])
-    assert code == 1
+    assert code == 2
     assert message in err and err.count("\n") == 1 and err.startswith("mask-store: error:")
 
 
@@ -85,7 +85,7 @@ def test_verify_exits_nonzero_on_corruption(run, mask_file, tmp_path):
 
 def test_push_checks_the_base_when_asked(run, tiny_model, mask_file):
     code, _, err = run("push", str(mask_file), "--name", "math", "--base", str(tiny_model))
-    assert code == 1 and base_id(tiny_model) in err
+    assert code == 2 and base_id(tiny_model) in err
 
 
 def test_base_id_command(run, tiny_model):
@@ -97,24 +97,24 @@ def test_base_id_command(run, tiny_model):
 def test_pull_to_a_bad_path_is_one_line(run, mask_file, tmp_path, where):
     run("push", str(mask_file), "--name", "math")
     code, _, err = run("pull", "math", "-o", str(tmp_path / where))
-    assert code == 1 and err.startswith("mask-store: error:") and len(err.strip().splitlines()) == 1
+    assert code == 2 and err.startswith("mask-store: error:") and len(err.strip().splitlines()) == 1
 
 
 def test_base_id_of_an_empty_weight_file_is_one_line(run, tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "model.safetensors").write_bytes(b"")
     code, _, err = run("base-id", str(tmp_path / "model"))
-    assert code == 1 and "not a safetensors file" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "not a safetensors file" in err and len(err.strip().splitlines()) == 1
 
 
 def test_corrupt_file_and_unwritable_store_are_one_line(tmp_path, mask_file, capsys):
     corrupt = tmp_path / "corrupt.mask"
     corrupt.write_bytes(mask_file.read_bytes()[:-9])
-    assert main(["--store", str(tmp_path / "store"), "push", str(corrupt), "--name", "x"]) == 1
+    assert main(["--store", str(tmp_path / "store"), "push", str(corrupt), "--name", "x"]) == 2
     assert str(corrupt) in capsys.readouterr().err
     blocked = tmp_path / "file"
     blocked.write_text("")
-    assert main(["--store", str(blocked / "store"), "push", str(mask_file), "--name", "x"]) == 1
+    assert main(["--store", str(blocked / "store"), "push", str(mask_file), "--name", "x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mask-store: error:") and len(err.strip().splitlines()) == 1
 
@@ -124,7 +124,7 @@ def test_unwritable_cache_is_one_line(run, tiny_model, tmp_path, monkeypatch):
     blocked.write_text("")
     monkeypatch.setenv("MASKSERVE_CACHE", str(blocked / "cache"))
     code, _, err = run("base-id", str(tiny_model))
-    assert code == 1 and "MASKSERVE_CACHE" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "MASKSERVE_CACHE" in err and len(err.strip().splitlines()) == 1
 
 
 def test_pull_of_a_blob_holding_another_mask_is_one_line_naming_the_ref(run, mask_file, tmp_path):
@@ -134,7 +134,7 @@ def test_pull_of_a_blob_holding_another_mask_is_one_line_naming_the_ref(run, mas
     blob = next((tmp_path / "store" / "blobs").glob("*/*.mask"))
     blob.write_bytes(other.read_bytes())
     code, _, err = run("pull", "math", "-o", str(tmp_path / "out.mask"))
-    assert code == 1 and "math@1" in err and err.count("\n") == 1 and err.startswith("mask-store: error:")
+    assert code == 2 and "math@1" in err and err.count("\n") == 1 and err.startswith("mask-store: error:")
     assert not (tmp_path / "out.mask").exists()
     code, out, _ = run("verify")
     assert code == 1 and "math@1" in out
@@ -150,3 +150,17 @@ def test_stray_s3_objects_break_no_command(s3_store_uri, mask_file, capsys):
     assert "math@1" in capsys.readouterr().out
     assert main(["--store", s3_store_uri, "verify"]) == 1
     assert "versions/notes.json" in capsys.readouterr().out
+
+
+def test_exit_codes_tell_problems_from_errors(run, mask_file, tmp_path):
+    """0: all good; 1: verify found problems in the store; 2: the command could not do its job (a user mistake,
+    an unusable store, bad arguments), so a script can tell a damaged store from a mistyped REF."""
+    run("push", str(mask_file), "--name", "math")
+    assert run("verify")[0] == 0
+    assert run("verify", "math@9")[0] == 2
+    blob = next((tmp_path / "store" / "blobs").glob("*/*.mask"))
+    blob.write_bytes(blob.read_bytes()[:-1])
+    assert run("verify")[0] == 1
+    with pytest.raises(SystemExit) as usage:
+        run("verify", "--no-such-flag")
+    assert usage.value.code == 2
