@@ -11,7 +11,9 @@ ROOT = Path(__file__).parents[1]
 PACKAGES = ("mask_store", "runtime", "trainer", "serve")
 DISTRIBUTION = {"yaml": "pyyaml", "prometheus_client": "prometheus-client", "botocore": "boto3"}  # import -> pip name
 OPTIONAL = {"vllm": "the cpu / cuda extras", "triton": "comes with CUDA torch; correction_triton.py is optional"}
-USED_THROUGH = {"gguf": "transformers reads the default model's GGUF with it (mask_store/default_model.py)"}
+USED_THROUGH = {"gguf": "transformers reads the default model's GGUF with it (mask_store/default_model.py)",
+                "accelerate": "transformers refuses to load a GGUF file without it: 'accelerate is required when "
+                              "loading a GGUF file' (mask_store/default_model.py)"}
 
 
 def _imports() -> set[str]:
