@@ -136,7 +136,7 @@ def cmd_export(args, store: Store | None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mask-store", description=__doc__.splitlines()[0])
-    parser.add_argument("--store", default=None, help=f"store URI (default: $MASK_STORE or {default_store_uri()})")
+    parser.add_argument("--store", default=None, help=f"store URI (default: $MASKSERVE_STORE or {default_store_uri()})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, func, help, json_flag=True):

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--mask", action="append", default=[], metavar="REF|FILE",
                       help="a mask to evaluate: a store REF (name, name@N, name:tag, digest) or a .mask file; repeat")
     what.add_argument("--no-base", action="store_true", help="skip the model without a mask")
-    what.add_argument("--store", help="store URI for REFs (default: $MASK_STORE or the local cache store)")
+    what.add_argument("--store", help="store URI for REFs (default: $MASKSERVE_STORE or the local cache store)")
 
     task = parser.add_argument_group("task")
     task.add_argument("--data", required=True, help="JSON lines with an \"answer\" on every record (mask-train's schema)")

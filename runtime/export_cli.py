@@ -19,7 +19,7 @@ from .reference import export_materialized
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mask-export", description=__doc__.splitlines()[0])
     parser.add_argument("ref", help="the mask: NAME, NAME@N, NAME:TAG or a digest prefix (12+ hex)")
-    parser.add_argument("--store", default=None, help=f"store URI (default: $MASK_STORE or {default_store_uri()})")
+    parser.add_argument("--store", default=None, help=f"store URI (default: $MASKSERVE_STORE or {default_store_uri()})")
     parser.add_argument("--model", required=True, metavar="MODEL_DIR", help="the base model the mask was trained on")
     parser.add_argument("--materialize", required=True, metavar="OUT_DIR", help="a new (or empty) folder to write")
     return parser

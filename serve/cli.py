@@ -63,7 +63,8 @@ def build_parser():
     parser = make_arg_parser(FlexibleArgumentParser(prog="mask-serve", description=__doc__.splitlines()[0]))
     parser.set_defaults(host="127.0.0.1")
     ours = parser.add_argument_group("maskserve")
-    ours.add_argument("--store", default=None, help="mask store URI (default: $MASK_STORE or the local cache store)")
+    ours.add_argument("--store", default=None,
+                      help="mask store URI (default: $MASKSERVE_STORE or the local cache store)")
     ours.add_argument("--admin-key", default=None, help="key for /v1/masks and /v1/experiments")
     ours.add_argument("--experiments", default=None, help="YAML or JSON file of A/B experiments")
     ours.add_argument("--max-masks", type=int, default=DEFAULT_MAX_MASKS,

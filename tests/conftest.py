@@ -15,6 +15,7 @@ def _isolated_cache(tmp_path_factory):
     """Keep every test's caches and default store out of the user's home."""
     cache = tmp_path_factory.mktemp("cache")
     os.environ["MASKSERVE_CACHE"] = str(cache)
+    os.environ.pop("MASKSERVE_STORE", None)
     os.environ.pop("MASK_STORE", None)
     yield cache
 
