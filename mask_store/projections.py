@@ -14,8 +14,8 @@ BLOCK = {**{p: "self_attn" for p in ATTN}, **{p: "mlp" for p in MLP}}  # the sub
 HF_PROJECTIONS = tuple(f"{p}_proj" for p in ATTN + MLP)  # module names in transformers
 
 # A projection weight: `prefix` ends with `layers.{layer}.`, then the block and the short projection name.
-WEIGHT = re.compile(r"(?P<prefix>(?:.*\.)?layers\.(?P<layer>\d+)\.)(?P<block>self_attn|mlp)\.(?P<proj>\w+)_proj\.weight",
-                    re.ASCII)
+WEIGHT = re.compile(
+    r"(?P<prefix>(?:.*\.)?layers\.(?P<layer>\d+)\.)(?P<block>self_attn|mlp)\.(?P<proj>\w+)_proj\.weight", re.ASCII)
 
 
 def weight_name(layer: int, proj: str, prefix: str = "model.") -> str:

@@ -35,7 +35,8 @@ def test_a_newer_checkpoint_is_refused(tmp_path):
     torch.save({**saved, "format": 2}, tmp_path / "run.ckpt")
     with pytest.raises(MaskError) as e:
         Checkpointing(tmp_path / "run.ckpt", 1, FINGERPRINT).load()
-    assert str(e.value) == f"{tmp_path / 'run.ckpt'}: format version 2 is newer than this maskserve reads (1); upgrade maskserve"
+    assert str(e.value) == (f"{tmp_path / 'run.ckpt'}: format version 2 is newer than this maskserve reads (1); "
+                            "upgrade maskserve")
 
 
 def test_a_file_that_is_not_a_checkpoint_dict_is_refused(tmp_path):
