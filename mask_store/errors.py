@@ -44,9 +44,3 @@ class StoreError(MaskError):
 
 class ModelError(MaskError):
     """A model folder without usable weights, or a target that does not exist in it."""
-
-
-class BankFull(MaskError):
-    """The mask memory budget is held by pinned masks or masks that running requests use."""
-
-    status = 507

@@ -16,7 +16,8 @@ from .errors import InvalidRef
 
 LATEST = "latest"
 RESERVED_NAMES = frozenset({"base", "ab"})
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"  # mask names, and the experiment and arm names serve/ checks
+_NAME = re.compile(NAME_PATTERN)
 _TAG = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,127}")
 _DIGEST_PREFIX = re.compile(r"[0-9a-f]{12,64}")
 _VERSION = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit and int() also take "١" and "²"

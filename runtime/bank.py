@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from mask_store.errors import BankFull, BaseMismatch, CorruptMask, MaskError
+from mask_store.errors import BaseMismatch, CorruptMask, MaskError
 from mask_store.format import read_mask_file
 from mask_store.mask import Mask
 
@@ -29,6 +29,12 @@ class LoadedMask:
     nbytes: int  # bytes of the slot's pool they fill
     load_ms: float
     pinned: bool
+
+
+class BankFull(MaskError):
+    """Every slot holds a pinned mask or one that requests use; it clears as they finish (HTTP: 503, Retry-After)."""
+
+    status = 507
 
 
 class MaskInUse(MaskError):

@@ -21,9 +21,10 @@ import asyncio
 import time
 from collections import Counter, OrderedDict
 
-from mask_store.errors import BankFull, MaskError
+from mask_store.errors import MaskError
 from mask_store.store import Store
 from runtime import canary
+from runtime.bank import BankFull
 from runtime.requests import ServedMask, first_result, new_mask_key, resolve
 
 from . import metrics

@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from starlette.responses import JSONResponse
 
 from mask_store.errors import BaseMismatch, InvalidRef, MaskError
-from mask_store.refs import MaskRef
+from mask_store.refs import NAME_PATTERN, MaskRef
 
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_NAME = f"^{NAME_PATTERN}$"
 MAX_REF_CHARS = 257  # the longest valid REF, NAME:TAG: 128 + 1 + 128 characters (mask_store/refs.py)
 MAX_ID_CHARS = 256  # response ids (vLLM's are ~40 characters)
 MAX_MESSAGE_CHARS = 2000  # error messages; longer ones are cut, whatever they quote

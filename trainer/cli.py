@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", required=True, help="where to write the .mask file")
     out.add_argument("--push", metavar="NAME", help="also push the mask to the store under NAME")
     out.add_argument("--tag", action="append", default=[], help="with --push: tags for the new version")
-    out.add_argument("--store", help="store URI for --push (default: $MASK_STORE or the local cache store)")
+    out.add_argument("--store", help="store URI for --push (default: $MASKSERVE_STORE or the local cache store)")
     return parser
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mask_store.errors import BankFull, BaseMismatch
+from mask_store.errors import BaseMismatch
 from mask_store.format import load_mask, save_mask
+from runtime.bank import BankFull
 from runtime.layout import IncompatibleMask
 from runtime.reference import HFMaskedModel
 from runtime.slots import MaskTooLarge

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from mask_store.errors import BankFull
+from runtime.bank import BankFull
 from mask_store.format import save_mask
 from mask_store.store import Store
 from serve.masks import MaskService
