@@ -65,6 +65,9 @@ class ABLog:
         self.db.execute("INSERT OR REPLACE INTO feedback VALUES (?, ?, ?)", (response_id, score, time.time()))
         return True
 
+    def close(self) -> None:
+        self.db.close()
+
     def save_experiment(self, name: str, definition: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO experiments VALUES (?, ?, ?)", (name, definition, time.time()))
 

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from .protocol import error_body
+from .protocol import error_json
 
 ADMIN_PREFIXES = ("/v1/masks", "/v1/experiments")
 PUBLIC_PATHS = ("/health", "/ping", "/version", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
@@ -64,7 +64,7 @@ class AuthMiddleware:
         if refusal is None:
             return await self.app(scope, receive, send)
         status, message = refusal
-        response = JSONResponse(error_body(message, status), status_code=status)
+        response = error_json(message, status)
         if scope["type"] == "http":
             return await response(scope, receive, send)
         await _deny_websocket(WebSocket(scope, receive, send), response)

@@ -1,13 +1,14 @@
 """`mask-serve`: vLLM's OpenAI server for one base model, with per-request masks, A/B experiments and keys.
 
     mask-serve [--model DIR] [--store URI] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--admin-key KEY]
-               [--experiments FILE] [--max-masks 8] [--mask-memory 1GiB] [--max-body-bytes 32MiB]
+               [--experiments FILE] [--max-masks 8] [--mask-memory-bytes 1GiB] [--max-body-bytes 32MiB]
                [any vLLM engine or server option]
     mask-serve ab report NAME [--db FILE] [--json]
 
-Every vLLM option works as it does for `vllm serve`, vLLM's default compilation included. maskserve sets the worker
-extension and its model loader (which wraps the `--load-format` you choose), and, unless you pass `--dtype`, the
-dtype that is fast on this machine (runtime/requests.py). Before serving, a canary checks that masks apply.
+This is vLLM's own server (`run_server`) with maskserve as an endpoint plugin (serve/plugin.py), so every vLLM
+option works as it does for `vllm serve`, vLLM's default compilation included. maskserve sets the worker extension
+and its model loader (which wraps the `--load-format` you choose), and, unless you pass `--dtype`, the dtype that is
+fast on this machine (runtime/requests.py). Before serving, a canary checks that masks apply.
 """
 
 import argparse
@@ -20,21 +21,26 @@ from collections.abc import Sequence
 from mask_store.errors import MaskError
 from runtime.requests import DEFAULT_MASK_MEMORY, DEFAULT_MAX_MASKS
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT])([iI]?)[bB]\s*$")
 
 
 def parse_size(text: str) -> int:
-    """'512MiB', '1GiB', '2GB', '1048576' -> bytes (binary multiples either way)."""
-    m = _SIZE.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 512MiB or 2GiB)")
-    unit = (m[2] or "B").upper()[0]
-    return int(float(m[1]) * {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit])
+    """Bytes in the grammar of vLLM's `*-bytes` flags (`human_readable_int`: 1k = 1000, 1K = 1024, 25.6k), which
+    also takes the unit spellings people write: 512MiB and 2GiB are binary, 2GB and 2gB follow the letter's case."""
+    from vllm.utils.argparse_utils import human_readable_int
+
+    if m := _UNIT.match(text):
+        number, prefix, binary = m.groups()
+        text = number + (prefix.upper() if binary else prefix)
+    try:
+        return human_readable_int(text)
+    except (ValueError, argparse.ArgumentTypeError) as e:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} ({e}; try 512MiB, 2G or 1500000000)") from None
 
 
 def report_main(argv: Sequence[str]) -> int:
     from .ablog import ABLog, format_report, report
-    from .app import default_ab_db
+    from .config import default_ab_db
 
     parser = argparse.ArgumentParser(prog="mask-serve ab report", description="per-arm results of an experiment")
     parser.add_argument("name")
@@ -58,7 +64,7 @@ def build_parser():
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    from .app import default_ab_db
+    from .config import default_ab_db
 
     parser = make_arg_parser(FlexibleArgumentParser(prog="mask-serve", description=__doc__.splitlines()[0]))
     parser.set_defaults(host="127.0.0.1")
@@ -69,9 +75,11 @@ def build_parser():
     ours.add_argument("--experiments", default=None, help="YAML or JSON file of A/B experiments")
     ours.add_argument("--max-masks", type=int, default=DEFAULT_MAX_MASKS,
                       help="masks resident at once per worker, like --max-loras (LRU beyond; default %(default)s)")
-    ours.add_argument("--mask-memory", type=parse_size, default=DEFAULT_MASK_MEMORY,
+    ours.add_argument("--mask-memory-bytes", "--mask-memory", dest="mask_memory_bytes", type=parse_size,
+                      default=DEFAULT_MASK_MEMORY,
                       help="memory for the resident masks per worker, split evenly over --max-masks slots "
-                           f"(default {DEFAULT_MASK_MEMORY >> 30}GiB)")
+                           f"(default {DEFAULT_MASK_MEMORY >> 30}GiB; sizes as vLLM's *-bytes flags take them: "
+                           "1G or 1GiB = 2^30, 1g = 10^9)")
     ours.add_argument("--ab-db", default=default_ab_db(), help="SQLite file of the A/B log (default: %(default)s)")
     ours.add_argument("--resolve-ttl", type=float, default=1.0,
                       help="seconds a REF resolution is reused before the store is asked again")
@@ -102,7 +110,7 @@ def apply_engine_defaults(args) -> None:
             "additional_config": args.additional_config}
     if args.dtype != "auto":
         user["dtype"] = args.dtype
-    defaults = default_engine_args(args.max_masks, args.mask_memory, **user)
+    defaults = default_engine_args(args.max_masks, args.mask_memory_bytes, **user)
     args.worker_extension_cls = defaults["worker_extension_cls"]
     args.load_format = defaults["load_format"]
     args.model_loader_extra_config = defaults["model_loader_extra_config"]
@@ -119,13 +127,15 @@ def apply_engine_defaults(args) -> None:
 
 def serve_main(argv: Sequence[str]) -> int:
     import uvloop
+    from vllm.entrypoints.launchers.api_server.entry import run_server
     from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
 
     from mask_store.default_model import default_model_dir
     from mask_store.identity import base_id
     from mask_store.paths import default_store_uri
-    from .app import MaskServeConfig, run
+    from .config import ARGS_FIELD, MaskServeConfig
+    from .plugin import allow_plugin, open_experiments
 
     cli_env_setup()
     parser = build_parser()
@@ -150,6 +160,8 @@ def serve_main(argv: Sequence[str]) -> int:
             resolve_ttl_s=args.resolve_ttl,
             max_body_bytes=args.max_body_bytes,
         )
+        open_experiments(config)[1].close()  # a bad experiments file or A/B log path fails now, not after start-up
+        allow_plugin()
     except MaskError as e:
         print(f"mask-serve: error: {e}", file=sys.stderr)
         return 1
@@ -160,8 +172,9 @@ def serve_main(argv: Sequence[str]) -> int:
 
         args.served_model_name = [Path(args.model).name]
     validate_parsed_serve_args(args)
+    setattr(args, ARGS_FIELD, config)
     try:
-        uvloop.run(run(args, config))
+        uvloop.run(run_server(args))
     except MaskError as e:
         print(f"mask-serve: error: {e}", file=sys.stderr)
         return 1

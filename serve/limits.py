@@ -9,10 +9,9 @@ import math
 import re
 
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .protocol import error_body
+from .protocol import error_json
 
 DEFAULT_MAX_BODY_BYTES = 32 << 20  # base64 images and long prompts fit; a memory bomb does not
 _LENGTH = re.compile(r"[0-9]{1,19}")
@@ -36,7 +35,7 @@ class BodyLimitMiddleware:
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"request body is larger than {self.max_body_bytes} bytes (the server's --max-body-bytes)"
-        await JSONResponse(error_body(message, 413), status_code=413)(scope, receive, send)
+        await error_json(message, 413)(scope, receive, send)
 
 
 async def read_body(receive: Receive, limit: float = math.inf) -> bytes | None:

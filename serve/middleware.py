@@ -26,12 +26,11 @@ from mask_store.errors import InvalidRef, MaskError, NotFound
 from runtime.requests import MASK_XARGS
 
 from . import metrics, routing
-from .ablog_writer import ABLogWriter
-from .experiments import PREFIX, Experiments
+from .experiments import PREFIX
 from .limits import read_body, replay
-from .masks import MaskService
-from .protocol import clip, error_body, error_response, http_status
+from .protocol import clip, error_json, error_response, http_status
 from .routing import MaskFields, Route
+from .state import MaskServeState
 
 INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions")
 OWN_PATHS = ("/v1/masks", "/v1/experiments", "/v1/feedback")  # serve/router.py: their bodies name masks to manage
@@ -50,54 +49,53 @@ class Outcome:
 
 
 class MaskMiddleware:
-    def __init__(self, app: ASGIApp, service: MaskService, experiments: Experiments, ablog: ABLogWriter,
-                 base_names: list[str]):
+    """Added by the endpoint plugin while vLLM builds its app, before the engine exists: the mask service and the
+    experiments are read per request from `app.state.maskserve`, which the plugin's `init_state` fills."""
+
+    def __init__(self, app: ASGIApp):
         self.app = app
-        self.service = service
-        self.experiments = experiments
-        self.ablog = ablog
-        self.base_names = set(base_names)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"].removeprefix(scope.get("root_path", ""))
+            state: MaskServeState = scope["app"].state.maskserve
             if scope["method"] == "POST" and path in INFERENCE_PATHS:
-                return await self._inference(scope, receive, send)
+                return await self._inference(state, scope, receive, send)
             if scope["method"] == "POST" and not path.startswith(OWN_PATHS):
-                return await self._elsewhere(scope, receive, send)
+                return await self._elsewhere(state, scope, receive, send)
             if scope["method"] == "GET" and path == "/v1/models":
-                return await self._models(scope, receive, send)
+                return await self._models(state, scope, receive, send)
         await self.app(scope, receive, send)
 
     # --- requests ------------------------------------------------------------------------------------------------
 
-    async def route(self, request: dict) -> Route:
+    async def route(self, state: MaskServeState, request: dict) -> Route:
         """routing.route, then its REF resolved through the store."""
-        route = routing.route(MaskFields.of(request), self.base_names, self.experiments)
+        route = routing.route(MaskFields.of(request), state.base_names, state.experiments)
         if route.ref is None:
             return route
         try:
-            route.served = await self.service.resolve(route.ref)
+            route.served = await state.service.resolve(route.ref)
         except (NotFound, InvalidRef) as e:
             if not route.model_was_mask:
                 raise
-            served = ", ".join(sorted(self.base_names))
+            served = ", ".join(sorted(state.base_names))
             model = request.get("model")
             raise NotFound(f"model {clip(model)} is neither the served model ({served}) nor a mask: {e}") from e
         return route
 
-    def rewrite(self, request: dict, route: Route) -> dict:
+    def rewrite(self, state: MaskServeState, request: dict, route: Route) -> dict:
         out = {k: v for k, v in request.items() if k != "mask"}
         if route.model_was_mask:
-            out["model"] = self.service.served_name
+            out["model"] = state.service.served_name
         xargs = out.get("vllm_xargs")
         if isinstance(xargs, dict):
             out["vllm_xargs"] = xargs = {k: v for k, v in xargs.items() if k not in MASK_XARGS} or None
         if route.served is not None:
             user_xargs = xargs if isinstance(xargs, dict) else {}
-            out["vllm_xargs"] = {**user_xargs, **route.served.extra_args(self.service.key)}
+            out["vllm_xargs"] = {**user_xargs, **route.served.extra_args(state.service.key)}
             salt = out.get("cache_salt")
-            out["cache_salt"] = route.served.cache_salt(self.service.key, salt if isinstance(salt, str) else None)
+            out["cache_salt"] = route.served.cache_salt(state.service.key, salt if isinstance(salt, str) else None)
         options = out.get("stream_options")
         if out.get("stream") is True and (options is None or isinstance(options, dict)):
             if not (options or {}).get("include_usage"):  # exact token counts for metrics and the A/B log
@@ -105,25 +103,25 @@ class MaskMiddleware:
                 route.drop_usage_chunk = True
         return out
 
-    async def _inference(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _inference(self, state: MaskServeState, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         body = await read_body(receive)
         try:
             request = json.loads(body)
         except ValueError:
-            return await _error(scope, receive, send, 400, "request body is not valid JSON")
+            return await error_json("request body is not valid JSON", 400)(scope, receive, send)
         except RecursionError:
-            return await _error(scope, receive, send, 400, "request body is JSON nested too deeply")
+            return await error_json("request body is JSON nested too deeply", 400)(scope, receive, send)
         if not isinstance(request, dict):
-            return await _error(scope, receive, send, 400, "request body must be a JSON object")
+            return await error_json("request body must be a JSON object", 400)(scope, receive, send)
         try:
-            route = await self.route(request)
+            route = await self.route(state, request)
             if route.served is not None:
-                await self.service.admit(route.served)
+                await state.service.admit(route.served)
         except MaskError as e:
             metrics.REQUESTS.labels(mask="unresolved", status=str(http_status(e))).inc()  # never a client string
             return await error_response(e)(scope, receive, send)
-        rewritten = self.rewrite(request, route)
+        rewritten = self.rewrite(state, request, route)
         new_body = body if rewritten == request else json.dumps(rewritten).encode()
         outcome = Outcome()
         try:
@@ -131,11 +129,11 @@ class MaskMiddleware:
                            _annotate(send, route, outcome))
         finally:  # failed and abandoned requests count too (status 500 if no response was started)
             if route.served is not None:
-                self.service.release(route.served)
+                state.service.release(route.served)
             outcome.status = outcome.status or 500
-            self._account(route, outcome, time.perf_counter() - started, started)
+            self._account(state, route, outcome, time.perf_counter() - started, started)
 
-    async def _elsewhere(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _elsewhere(self, state: MaskServeState, scope: Scope, receive: Receive, send: Send) -> None:
         """A route that does not apply masks: pass it on unless its JSON body asks for one."""
         body = await read_body(receive)
         try:
@@ -143,31 +141,31 @@ class MaskMiddleware:
         except (ValueError, RecursionError):
             request = None  # the route's own parser answers
         try:
-            asks = isinstance(request, dict) and await self._asks_for_mask(request)
+            asks = isinstance(request, dict) and await self._asks_for_mask(state, request)
         except MaskError as e:  # the store could not say whether `model` is a mask: never guess "no"
             return await error_response(e)(scope, receive, send)
         if asks:
             path = scope["path"].removeprefix(scope.get("root_path", ""))
             routes = " and ".join(f"POST {p}" for p in INFERENCE_PATHS)
-            return await _error(scope, receive, send, 400,
-                                f"{clip(path)} does not apply masks; only {routes} take 'mask' or a mask as 'model'")
+            message = f"{clip(path)} does not apply masks; only {routes} take 'mask' or a mask as 'model'"
+            return await error_json(message, 400)(scope, receive, send)
         await self.app(scope, replay(body, receive), send)
 
-    async def _asks_for_mask(self, request: dict) -> bool:
+    async def _asks_for_mask(self, state: MaskServeState, request: dict) -> bool:
         if request.get("mask") is not None:
             return True
         model = request.get("model")
-        if not isinstance(model, str) or model in self.base_names:
+        if not isinstance(model, str) or model in state.base_names:
             return False
         if model.startswith(PREFIX):
             return True
         try:
-            await self.service.resolve(model)
+            await state.service.resolve(model)
         except (NotFound, InvalidRef):
             return False  # a LoRA adapter or a name vLLM will refuse itself
         return True
 
-    def _account(self, route: Route, outcome: Outcome, latency: float, started: float) -> None:
+    def _account(self, state: MaskServeState, route: Route, outcome: Outcome, latency: float, started: float) -> None:
         label = route.label
         metrics.REQUESTS.labels(mask=label, status=str(outcome.status)).inc()
         metrics.LATENCY.labels(mask=label).observe(latency)
@@ -177,19 +175,19 @@ class MaskMiddleware:
         if outcome.completion_tokens:
             metrics.TOKENS.labels(mask=label).inc(outcome.completion_tokens)
         if route.experiment:
-            self.ablog.record(outcome.response_id, route.experiment, route.arm, label, outcome.status, latency, ttft,
+            state.ablog.record(outcome.response_id, route.experiment, route.arm, label, outcome.status, latency, ttft,
                               outcome.completion_tokens)
 
     # --- /v1/models ----------------------------------------------------------------------------------------------
 
-    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _models(self, state: MaskServeState, scope: Scope, receive: Receive, send: Send) -> None:
         outcome = Outcome()
         await self.app(scope, receive, _capture(outcome))
         if outcome.status != 200:
             return await _send_raw(send, outcome)
         listing = json.loads(b"".join(outcome.chunks))
         created = listing["data"][0]["created"] if listing.get("data") else int(time.time())
-        listing["data"].extend(await self.service.model_cards(created))
+        listing["data"].extend(await state.service.model_cards(created))
         await JSONResponse(listing)(scope, receive, send)
 
 
@@ -199,10 +197,6 @@ class MaskMiddleware:
 def _with_length(scope: Scope, length: int) -> Scope:
     headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
     return {**scope, "headers": headers + [(b"content-length", str(length).encode())]}
-
-
-async def _error(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
-    await JSONResponse(error_body(message, status), status_code=status)(scope, receive, send)
 
 
 def _capture(outcome: Outcome) -> Send:

@@ -5,9 +5,11 @@ come back in a 2 MB error, nor sit in a cache.
 """
 
 import math
+from http import HTTPStatus
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.responses import JSONResponse
+from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
 from mask_store.errors import BaseMismatch, InvalidRef, MaskError
 from mask_store.refs import NAME_PATTERN, MaskRef
@@ -47,8 +49,7 @@ def http_status(e: MaskError) -> int:
 
 def error_response(e: MaskError) -> JSONResponse:
     status = http_status(e)
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
-    return JSONResponse(error_body(str(e), status), status_code=status, headers=headers)
+    return error_json(str(e), status, {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None)
 
 
 class Strict(BaseModel):
@@ -112,12 +113,16 @@ class Feedback(Strict):
         return v
 
 
-def error_body(message: str, status: int, kind: str | None = None, code: str | None = None) -> dict:
-    """The OpenAI error schema, as vLLM's own errors use it. Long messages are cut: whatever they quote stays small."""
-    kinds = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError",
-             404: "NotFoundError", 409: "ConflictError", 413: "RequestTooLargeError", 422: "UnprocessableEntityError",
-             429: "RateLimitError", 500: "InternalServerError", 503: "ServiceUnavailableError"}
+_KINDS = {401: "AuthenticationError", 403: "PermissionDeniedError", 409: "ConflictError", 413: "RequestTooLargeError",
+          422: "UnprocessableEntityError", 429: "RateLimitError", 500: "InternalServerError",
+          503: "ServiceUnavailableError"}  # others: the status phrase, as 'BadRequestError' and 'NotFoundError' 
+
+
+def error_json(message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Every error maskserve answers, in the OpenAI schema, built by vLLM's own `create_error_response` (which also
+    strips server paths and addresses from the message). Long messages are cut: whatever they quote stays small."""
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[:MAX_MESSAGE_CHARS] + "... (cut)"
-    return {"error": {"message": message, "type": kind or kinds.get(status, "Error"), "param": None,
-                      "code": code or status}}
+    code = HTTPStatus(status)
+    body = create_error_response(message, _KINDS.get(status, code.phrase.replace(" ", "") + "Error"), code)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)

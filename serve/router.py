@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 
 from mask_store.errors import MaskError, NotFound
 
-from .protocol import ExperimentSpec, Feedback, LoadMaskRequest, UnloadMaskRequest, clip, error_body, error_response
+from .protocol import ExperimentSpec, Feedback, LoadMaskRequest, UnloadMaskRequest, clip, error_json, error_response
 
 router = APIRouter()
 
@@ -18,17 +18,17 @@ async def http_error(request: Request, e: HTTPException) -> JSONResponse:
 
     vLLM 0.32 registers a handler for FastAPI's HTTPException only; FastAPI raises Starlette's, which then answered
     `{"detail": ...}`."""
-    return JSONResponse(error_body(str(e.detail), e.status_code), status_code=e.status_code, headers=e.headers)
+    return error_json(str(e.detail), e.status_code, e.headers)
 
 
 @router.get("/v1/masks")
 async def list_masks(request: Request):
-    return await request.app.state.masks.status()
+    return await request.app.state.maskserve.service.status()
 
 
 @router.post("/v1/masks/load")
 async def load_mask(body: LoadMaskRequest, request: Request):
-    service = request.app.state.masks
+    service = request.app.state.maskserve.service
     try:
         served = await service.resolve(body.mask)
         report = await service.ensure_loaded(served, pin=body.pin)
@@ -40,7 +40,7 @@ async def load_mask(body: LoadMaskRequest, request: Request):
 @router.post("/v1/masks/unload")
 async def unload_mask(body: UnloadMaskRequest, request: Request):
     try:
-        unloaded = await request.app.state.masks.unload(body.mask)
+        unloaded = await request.app.state.maskserve.service.unload(body.mask)
     except MaskError as e:
         return error_response(e)
     return {"mask": body.mask, "unloaded": unloaded}
@@ -48,16 +48,16 @@ async def unload_mask(body: UnloadMaskRequest, request: Request):
 
 @router.get("/v1/experiments")
 async def list_experiments(request: Request):
-    return {"experiments": [e.describe() for e in request.app.state.experiments.by_name.values()]}
+    return {"experiments": [e.describe() for e in request.app.state.maskserve.experiments.by_name.values()]}
 
 
 @router.post("/v1/experiments")
 async def create_experiment(body: ExperimentSpec, request: Request):
-    state = request.app.state
+    state = request.app.state.maskserve
     try:
         for arm in body.arms:
             if arm.mask != "base":
-                await state.masks.resolve(arm.mask)  # refuse arms that cannot be served, now rather than per request
+                await state.service.resolve(arm.mask)  # refuse arms that cannot be served, now rather than per request
     except MaskError as e:
         return error_response(e)
     experiment = state.experiments.add(body)
@@ -68,13 +68,13 @@ async def create_experiment(body: ExperimentSpec, request: Request):
 @router.get("/v1/experiments/{name}")
 async def get_experiment(name: str, request: Request):
     try:
-        return request.app.state.experiments.get(name).describe()
+        return request.app.state.maskserve.experiments.get(name).describe()
     except NotFound as e:
         return error_response(e)
 
 
 @router.post("/v1/feedback")
 async def feedback(body: Feedback, request: Request):
-    if not await request.app.state.ablog.feedback(body.id, body.score):
+    if not await request.app.state.maskserve.ablog.feedback(body.id, body.score):
         return error_response(NotFound(f"no experiment request with id {clip(body.id)}"))
     return {"id": body.id, "score": body.score}

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
 
 from mask_store.format import read_mask_file
-from serve.app import MaskServeConfig, install, open_experiments
+from serve.config import ARGS_FIELD, MaskServeConfig
+from serve.plugin import MaskServePlugin
 from tests.mask_store.helpers import random_mask
 
 BASE_NAME = "base-model"
@@ -45,6 +46,9 @@ class FakeEngine:
             return {"error": "mask needs 100 bytes; 100 of 100 are pinned or in use", "kind": "BankFull"}
         self.loaded[digest] = {"digest": digest, "bytes": 100, "pinned": pin, "load_ms": 1.0}
         return {**self.loaded[digest], "loaded": True, "evicted": evicted, "resident": len(self.loaded)}
+
+    async def get_supported_tasks(self) -> tuple[str, ...]:
+        return ("generate",)
 
     async def collective_rpc(self, method: str, args: tuple = ()):
         self.calls.append((method, args))
@@ -107,7 +111,6 @@ def fake_vllm_app() -> FastAPI:
         return {"object": "list", "data": [{"id": BASE_NAME, "object": "model", "created": 7, "parent": None}]}
 
     init_exception_handler(app)
-    app.state.args = Namespace(log_error_stack=True)
     return app
 
 
@@ -139,13 +142,18 @@ ADMIN_KEY = "sk-admin"
 
 def build(store_uri: str, base_id: str, tmp_path, api_keys=(), admin_key=ADMIN_KEY, experiments_file=None,
           capacity=100, max_body_bytes=32 << 20):
+    """The fake app with maskserve attached as vLLM 0.32's build_app and init_app_state attach endpoint plugins."""
     app = fake_vllm_app()
     engine = FakeEngine(capacity)
     config = MaskServeConfig(model_dir="unused", base_id=base_id, store=store_uri, api_keys=api_keys,
                              admin_key=admin_key, experiments_file=experiments_file, ab_db=str(tmp_path / "ab.sqlite"),
                              tensor_shapes={n: t.shape for n, t in random_mask(0).tensors.items()}, resolve_ttl_s=0.0,
                              canary=False, max_body_bytes=max_body_bytes)
-    asyncio.run(install(app, engine, [BASE_NAME], config, *open_experiments(config)))
+    args = Namespace(log_error_stack=True, model="unused", served_model_name=[BASE_NAME], **{ARGS_FIELD: config})
+    app.state.args = args
+    plugin = MaskServePlugin()
+    plugin.attach_router(app)
+    asyncio.run(plugin.init_state(engine, app.state, args))
     return app, engine
 
 

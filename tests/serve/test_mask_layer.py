@@ -256,7 +256,7 @@ def test_a_request_that_fails_inside_vllm_is_still_logged(store, tmp_path):
         assert client.post("/v1/experiments", json=spec).status_code == 200
         assert complete(client, mask="ab:e", user="u", prompt="crash").status_code == 500
         assert complete(client, mask="ab:e", user="u").status_code == 200
-    app.state.ablog.flush()
+    app.state.maskserve.ablog.flush()
     arms = report(ABLog(tmp_path / "ab.sqlite", create=False), "e")["arms"]
     assert sum(a["requests"] for a in arms) == 2 and sum(a["errors"] for a in arms) == 1
 
