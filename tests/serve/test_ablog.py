@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from serve.ablog import ABLog, report
-from serve.cli import main, parse_size
+from serve.cli import main
 
 
 @pytest.fixture
@@ -62,8 +62,6 @@ def test_report_command(log, tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
 
 
-def test_parse_size():
-    assert parse_size("1GiB") == 1 << 30 and parse_size("512MiB") == 512 << 20 and parse_size("100") == 100
 
 
 def test_the_server_writes_the_log_off_the_event_loop_and_in_order(tmp_path):

@@ -40,7 +40,7 @@ def test_a_changed_runtime_default_reaches_mask_serve(parser, monkeypatch):
 
 def test_the_users_flags_win(parser):
     args = parser.parse_args(["--model", "m", "--no-enable-prefix-caching", "--kv-cache-memory-bytes", "5",
-                              "--mask-memory", "2GiB", "--max-masks", "3"])
+                              "--mask-memory-bytes", "2GiB", "--max-masks", "3"])
     apply_engine_defaults(args)
     assert args.enable_prefix_caching is False and args.kv_cache_memory_bytes == 5
     assert args.additional_config["maskserve"]["mask_memory_bytes"] == 2 << 30
