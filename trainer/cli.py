@@ -22,6 +22,7 @@ from mask_store.mask import Mask
 from mask_store.store import Store
 
 from .baselines import baseline_mask
+from .config import InvalidSetting, MFTConfig
 from .parallel import DataParallel
 from .targets import TargetSpec, select_targets
 
@@ -75,26 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    if not 0.0 < args.mask_ratio < 1.0:
-        parser.error(f"--mask-ratio must be strictly between 0 and 1, not {args.mask_ratio}")
+    """What flags need of each other and of the file system; each setting's range is MFTConfig's to check."""
+    try:
+        MFTConfig.from_args(args)
+    except InvalidSetting as e:
+        parser.error(f"{e.flag} {e.rule}")
     if args.method == "mft":
         if not args.data:
             parser.error("--method mft needs --data")
         for flag, path in (("--data", args.data), ("--eval", args.eval)):
             if path and not Path(path).is_file():
                 parser.error(f"{flag} {path}: no such file")
-        for flag in ("steps", "batch_size", "grad_accum", "seq_len", "eval_batch_size", "max_new_tokens"):
-            value = getattr(args, flag)
-            if value is not None and value < 1:
-                parser.error(f"--{flag.replace('_', '-')} must be at least 1")
-        if args.epochs is not None and args.epochs <= 0:
-            parser.error("--epochs must be positive")
-        if not 0.0 <= args.warmup < 1.0:
-            parser.error("--warmup is a fraction in [0, 1)")
-        if args.lr <= 0:
-            parser.error(f"--lr must be positive, not {args.lr}")
-        if args.weight_decay < 0:
-            parser.error("--weight-decay must not be negative")
         if args.eval_accuracy and not args.eval:
             parser.error("--eval-accuracy needs --eval")
         if args.resume and not args.checkpoint:

@@ -14,6 +14,18 @@ from .scored_linear import INITS
 DTYPES = ("auto", "float32", "bfloat16")
 
 
+class InvalidSetting(ValueError):
+    """A setting out of its range; `field` is the MFTConfig field (mask-train's flag with dashes)."""
+
+    def __init__(self, field: str, rule: str):
+        super().__init__(f"{field} {rule}")
+        self.field, self.rule = field, rule
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+
 @dataclass(frozen=True)
 class MFTConfig:
     mask_ratio: float = 0.1  # fraction of each masked matrix removed, in (0, 1)
@@ -35,19 +47,23 @@ class MFTConfig:
     gradient_checkpointing: bool = False  # recompute decoder activations in the backward pass: less memory, same result
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in (0, 1), not {self.mask_ratio}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, not {self.init!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, not {self.dtype!r}")
+        """The one check of every setting: mask-train reports an InvalidSetting as the flag's error."""
+        def require(ok: bool, field: str, rule: str) -> None:
+            if not ok:
+                raise InvalidSetting(field, f"{rule}, not {getattr(self, field)!r}")
+
+        require(0.0 < self.mask_ratio < 1.0, "mask_ratio", "must be strictly between 0 and 1")
+        require(self.init in INITS, "init", f"must be one of {', '.join(INITS)}")
+        require(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
         if self.steps is not None and self.epochs is not None:
-            raise ValueError("give steps or epochs, not both")
+            raise InvalidSetting("steps", "and --epochs: give one, not both")
         for name in ("batch_size", "grad_accum", "seq_len", "eval_batch_size", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if (self.steps is not None and self.steps < 1) or (self.epochs is not None and self.epochs <= 0):
-            raise ValueError("steps and epochs must be positive")
+            require(getattr(self, name) >= 1, name, "must be at least 1")
+        require(self.steps is None or self.steps >= 1, "steps", "must be at least 1")
+        require(self.epochs is None or (math.isfinite(self.epochs) and self.epochs > 0), "epochs", "must be positive")
+        require(0.0 <= self.warmup < 1.0, "warmup", "is a fraction in [0, 1)")
+        require(math.isfinite(self.lr) and self.lr > 0, "lr", "must be positive")
+        require(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must not be negative")
 
     @property
     def examples_per_step(self) -> int:

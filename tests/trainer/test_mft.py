@@ -15,7 +15,7 @@ from mask_store.format import load_mask
 from mask_store.identity import base_id
 from trainer.baselines import removed_count
 from trainer.cli import main
-from trainer.config import MFTConfig
+from trainer.config import InvalidSetting, MFTConfig
 from trainer.data import file_hash, load_examples
 from trainer.mft import eval_loss, load_model, load_tokenizer, train_scores
 from trainer.scored_linear import (
@@ -313,6 +313,12 @@ def test_eval_accuracy_without_answers_is_an_error(tmp_path, tiny_model, capsys)
         (["--data", "DATA", "--eval-accuracy"], "--eval-accuracy needs --eval"),
         (["--data", "DATA", "--steps", "0"], "--steps must be at least 1"),
         (["--data", "DATA", "--lr", "-0.01"], "--lr must be positive"),
+        (["--data", "DATA", "--lr", "nan"], "--lr must be positive"),
+        (["--data", "DATA", "--warmup", "1"], "--warmup is a fraction in [0, 1)"),
+        (["--data", "DATA", "--weight-decay", "-1"], "--weight-decay must not be negative"),
+        (["--data", "DATA", "--epochs", "0"], "--epochs must be positive"),
+        (["--data", "DATA", "--grad-accum", "0"], "--grad-accum must be at least 1"),
+        (["--method", "random", "--mask-ratio", "1"], "--mask-ratio must be strictly between 0 and 1"),
         (["--data", "DATA", "--out", "missing/x.mask"], "not a file in an existing folder"),
     ],
 )
@@ -403,3 +409,15 @@ def test_resume_refuses_another_runs_checkpoint(tmp_path, tiny_model, capsys):
     (tmp_path / "run.ckpt").unlink()
     assert main(argv + ["--resume"]) == 1
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("settings, flag", [
+    ({"mask_ratio": 0.0}, "--mask-ratio"), ({"warmup": -0.1}, "--warmup"), ({"lr": float("inf")}, "--lr"),
+    ({"weight_decay": -1e-3}, "--weight-decay"), ({"seq_len": 0}, "--seq-len"), ({"init": "zeros"}, "--init"),
+    ({"steps": 3, "epochs": 1.0}, "--steps"),
+])
+def test_mftconfig_is_the_one_check_of_every_setting(settings, flag):
+    """Code that builds an MFTConfig without the CLI (examples, tests) gets the same refusals as mask-train."""
+    with pytest.raises(InvalidSetting) as e:
+        MFTConfig(**settings)
+    assert e.value.flag == flag
