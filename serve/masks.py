@@ -53,6 +53,7 @@ class MaskService:
         self.resolve_ttl_s = resolve_ttl_s
         self.resolve_cache_size = resolve_cache_size
         self._resolved: OrderedDict[str, tuple[float, ServedMask]] = OrderedDict()  # canonical REF -> (at, mask)
+        self._listing: tuple[float, dict] | None = None  # (at, name -> newest record) for /v1/models
         self._residency = asyncio.Lock()  # held while a load runs and while admission decides
         self._in_flight: Counter[str] = Counter()  # digest -> requests admitted and not yet finished
         self._slot_freed = asyncio.Event()  # set, then replaced, whenever a mask's last request in flight ends
@@ -185,10 +186,17 @@ class MaskService:
         return status
 
     async def model_cards(self, created: int) -> list[dict]:
-        """OpenAI model objects for every mask name this base can serve (its newest version), like vLLM's LoRAs."""
-        newest = {}
-        for record in await asyncio.to_thread(self.store.versions, base_id=self.base_id):
-            newest[record.name] = record
+        """OpenAI model objects for every mask name this base can serve (its newest version), like vLLM's LoRAs.
+
+        The listing is reused for `resolve_ttl_s`, as resolutions are: an S3 store reads one object per version to
+        list them, which a client polling /v1/models must not repeat on every call."""
+        if self._listing is not None and time.monotonic() - self._listing[0] < self.resolve_ttl_s:
+            newest = self._listing[1]
+        else:
+            started, newest = time.monotonic(), {}
+            for record in await asyncio.to_thread(self.store.versions, base_id=self.base_id):
+                newest[record.name] = record
+            self._listing = (started, newest)
         return [
             {"id": name, "object": "model", "created": created, "owned_by": "maskserve", "root": record.ref,
              "parent": self.served_name, "permission": [],
