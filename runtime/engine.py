@@ -9,7 +9,6 @@ inside the engine. Start-up runs the canary (canary.py) and refuses to go on if 
 Scripts that create an Engine need an `if __name__ == "__main__":` guard: vLLM spawns its engine processes.
 """
 
-import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,10 +23,11 @@ from mask_store.store import Store
 
 from . import canary, vllm_compat
 from .layout import ModelShape
+from .logs import get_logger
 from .requests import DEFAULT_MASK_MEMORY, DEFAULT_MAX_MASKS, ServedMask, default_engine_args, first_result, \
     new_mask_key, resolve
 
-logger = logging.getLogger(__name__)
+logger = get_logger("engine")
 
 
 class Engine:

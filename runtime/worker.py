@@ -15,7 +15,6 @@ maskserve bug, never a client's doing: it stops the engine rather than serve the
 RPC methods report MaskErrors in their result dicts: an exception in a worker would take the engine down.
 """
 
-import logging
 
 import numpy as np
 from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
@@ -27,9 +26,10 @@ from . import vllm_compat
 from .bank import MaskBank
 from .deltas import CheckpointReader, build_deltas
 from .layout import ModelShape, check_mask_tensors, vllm_placement
+from .logs import get_logger
 from .requests import token_matches
 
-logger = logging.getLogger(__name__)
+logger = get_logger("worker")
 
 
 class MaskWorkerExtension:

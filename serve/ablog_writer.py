@@ -6,12 +6,13 @@ response's row. Pending writes finish before the interpreter exits (concurrent.f
 """
 
 import asyncio
-import logging
 from concurrent.futures import Future, ThreadPoolExecutor
+
+from runtime.logs import get_logger
 
 from .ablog import ABLog
 
-logger = logging.getLogger("maskserve.serve")
+logger = get_logger("serve")
 
 
 class ABLogWriter:

@@ -130,6 +130,7 @@ def serve_main(argv: Sequence[str]) -> int:
     from vllm.entrypoints.launchers.api_server.entry import run_server
     from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+    from vllm.logger import configure_logging_from_args
 
     from mask_store.default_model import default_model_dir
     from mask_store.identity import base_id
@@ -141,6 +142,7 @@ def serve_main(argv: Sequence[str]) -> int:
     parser = build_parser()
     explicit_model = any(a == "--model" or a.startswith("--model=") for a in argv)
     args = parser.parse_args(list(argv))
+    configure_logging_from_args(args)  # as vLLM's own server entry does: --log-level, --log-config-file
     try:
         if args.model_tag:
             args.model = args.model_tag

@@ -25,10 +25,13 @@ from mask_store.errors import MaskError
 from mask_store.store import Store
 from runtime import canary
 from runtime.bank import BankFull
+from runtime.logs import get_logger
 from runtime.requests import ServedMask, first_result, new_mask_key, resolve
 
 from . import metrics
 from .protocol import check_ref
+
+logger = get_logger("serve")
 
 RPC_TIMEOUT_S = 120.0  # a mask load takes milliseconds; an engine that does not answer in minutes is gone
 RESOLVE_CACHE_SIZE = 1024  # REF resolutions kept; a server sees a few dozen REFs, a client can send any number
@@ -140,9 +143,12 @@ class MaskService:
                         if not spared:  # pinned masks hold them all: no request will ever free one
                             raise
                         self._drain_one()
+                        logger.info("every mask slot is in use: %s waits; %s admits no new requests until it drains",
+                                    _label(served), self._draining)
             try:  # outside the lock: releases and other masks' admissions go on
                 await asyncio.wait_for(freed.wait(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
+                logger.warning("%s waited %g s for a mask slot and was refused (503)", _label(served), self.slot_wait_s)
                 raise BankFull(f"all mask slots stayed in use for {self.slot_wait_s:g} s; retry later") from None
 
     def _drain_one(self) -> None:
@@ -169,12 +175,17 @@ class MaskService:
         if report["loaded"]:
             metrics.MASK_LOAD_SECONDS.observe(time.perf_counter() - started)
             self._draining = None  # a slot was found: the waiter it drained for, if any, has it
+            logger.info("loaded %s in %.0f ms (%d resident%s)", _label(served), 1e3 * (time.perf_counter() - started),
+                        report["resident"], f"; evicted {', '.join(report['evicted'])}" if report["evicted"] else "")
         metrics.MASKS_LOADED.set(report["resident"])
         return report
 
     async def unload(self, ref: str) -> bool:
         served = await self.resolve(ref)
-        return (await self._rpc("maskserve_unload", served.digest, sorted(self._in_flight)))["unloaded"]
+        unloaded = (await self._rpc("maskserve_unload", served.digest, sorted(self._in_flight)))["unloaded"]
+        if unloaded:
+            logger.info("unloaded %s", _label(served))
+        return unloaded
 
     async def status(self) -> dict:
         status = await self._rpc("maskserve_status")
@@ -203,3 +214,8 @@ class MaskService:
              "mask": {"name": name, "version": record.version, "digest": record.digest, "tags": list(record.tags)}}
             for name, record in sorted(newest.items())
         ]
+
+
+def _label(served: ServedMask) -> str:
+    """How log lines name a mask: its version and the digest workers know it by."""
+    return f"mask {served.name}@{served.version} ({served.digest[:12]})"

@@ -12,7 +12,6 @@ through vLLM's model loader registry and worker extension, which serve/cli.py na
 """
 
 import json
-import logging
 import os
 import uuid
 from argparse import Namespace
@@ -26,6 +25,7 @@ from vllm import SamplingParams
 
 from mask_store.errors import MaskError
 from mask_store.store import Store
+from runtime.logs import get_logger
 
 from .ablog import ABLog
 from .ablog_writer import ABLogWriter
@@ -38,7 +38,7 @@ from .middleware import MaskMiddleware
 from .router import http_error, router
 from .state import MaskServeState
 
-logger = logging.getLogger("maskserve.serve")
+logger = get_logger("serve")
 
 PLUGIN_NAME = "maskserve"
 ENDPOINT_PLUGINS = "vllm.endpoint_plugins"  # vllm.plugins.ENDPOINT_PLUGINS_GROUP
@@ -76,6 +76,9 @@ class MaskServePlugin:
                 lambda ids, served: _prompt_logprobs(engine_client, service.key, ids, served))
             logger.info("start-up canary passed: %s", report)
         state.maskserve = MaskServeState(service, experiments, ABLogWriter(ablog), frozenset(base_names))
+        logger.info("masks for %s (base id %s) from store %s; %d experiment(s); admin routes %s", base_names[0],
+                    config.base_id[:12], config.store, len(experiments.by_name),
+                    "need the admin key" if config.admin_key else "need an API key" if config.api_keys else "off")
 
 
 def open_experiments(config: MaskServeConfig) -> tuple[Experiments, ABLog]:

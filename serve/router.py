@@ -7,9 +7,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from mask_store.errors import MaskError, NotFound
+from runtime.logs import get_logger
 
 from .protocol import ExperimentSpec, Feedback, LoadMaskRequest, UnloadMaskRequest, clip, error_json, error_response
 
+logger = get_logger("serve")
 router = APIRouter()
 
 
@@ -62,6 +64,8 @@ async def create_experiment(body: ExperimentSpec, request: Request):
         return error_response(e)
     experiment = state.experiments.add(body)
     await state.ablog.save_experiment(experiment.name, json.dumps(experiment.describe()))
+    logger.info("experiment %s set: %s", experiment.name,
+                ", ".join(f"{arm.mask} x{arm.weight:g}" for arm in body.arms))
     return experiment.describe()
 
 
