@@ -41,10 +41,3 @@ def triton_correction(y, x, slots, crow, seg, cols, vals, layer) -> None:
         return
     _correction_kernel[(n_rows, n_out)](y, x, slots, crow, seg, cols, vals, n_out, cols.shape[1],
                                         y.stride(0), x.stride(0), BLOCK_K=BLOCK_K)
-
-
-def register() -> None:
-    """Make this the op's CUDA kernel (called by correction.py once the op is defined)."""
-    from .correction import masked_correction
-
-    masked_correction.register_kernel("cuda")(triton_correction)
