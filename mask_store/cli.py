@@ -82,8 +82,8 @@ def cmd_show(args, store: Store) -> int:
 
 
 def cmd_pull(args, store: Store) -> int:
-    record = store.pull(args.ref, args.output)
-    _emit(args, record.to_json(), lambda: print(f"{record.ref} {record.digest} -> {args.output}"))
+    record = store.pull(args.ref, args.out)
+    _emit(args, record.to_json(), lambda: print(f"{record.ref} {record.digest} -> {args.out}"))
     return 0
 
 
@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("pull", cmd_pull, "write a version's .mask file")
     p.add_argument("ref")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--out", "-o", "--output", dest="out", required=True, metavar="FILE",
+                   help="where to write the .mask file (-o and --output are older names)")
 
     p = command("tag", cmd_tag, "point NAME:TAG at the version REF names")
     p.add_argument("ref")

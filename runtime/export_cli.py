@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("ref", help="the mask: NAME, NAME@N, NAME:TAG or a digest prefix (12+ hex)")
     parser.add_argument("--store", default=None, help=f"store URI (default: $MASKSERVE_STORE or {default_store_uri()})")
     parser.add_argument("--model", required=True, metavar="MODEL_DIR", help="the base model the mask was trained on")
-    parser.add_argument("--materialize", required=True, metavar="OUT_DIR", help="a new (or empty) folder to write")
+    parser.add_argument("--out", "--materialize", dest="out", required=True, metavar="OUT_DIR",
+                        help="a new (or empty) folder to write (--materialize is its older name)")
     return parser
 
 
@@ -30,14 +31,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         store = Store(args.store)
         record = store.resolve(args.ref)
-        export_materialized(args.model, store.local_path(record), args.materialize)
+        export_materialized(args.model, store.local_path(record), args.out)
     except MaskError as e:
         print(f"mask-export: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # a path the user gave: missing folder, no permission
         print(f"mask-export: error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 1
-    print(f"{record.ref} materialized into {args.materialize}")
+    print(f"{record.ref} materialized into {args.out}")
     return 0
 
 

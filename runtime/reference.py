@@ -1,7 +1,7 @@
 """The plain-transformers reference: a mask applied by zeroing weights, the oracle every fast path is checked against.
 
 `materialize` writes W * M into a model's weights; `token_logprobs` scores texts with it. `export_materialized`
-saves the result as a standalone checkpoint for users who want one (`mask-store export REF --materialize DIR`).
+saves the result as a standalone checkpoint for users who want one (`mask-export REF --model DIR --out DIR`).
 `HFMaskedModel` runs the same per-request correction as the vLLM worker (slots, MaskBank, the correction op) on an
 unfused transformers model, so the batching maths is tested without an engine.
 """

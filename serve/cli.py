@@ -3,7 +3,7 @@
     mask-serve [--model DIR] [--store URI] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--admin-key KEY]
                [--experiments FILE] [--max-masks 8] [--mask-memory-bytes 1GiB] [--max-body-bytes 32MiB]
                [any vLLM engine or server option]
-    mask-serve ab report NAME [--db FILE] [--json]
+    mask-serve ab report NAME [--ab-db FILE] [--json]
 
 This is vLLM's own server (`run_server`) with maskserve as an endpoint plugin (serve/plugin.py), so every vLLM
 option works as it does for `vllm serve`, vLLM's default compilation included. maskserve sets the worker extension
@@ -44,16 +44,17 @@ def report_main(argv: Sequence[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="mask-serve ab report", description="per-arm results of an experiment")
     parser.add_argument("name")
-    parser.add_argument("--db", default=default_ab_db(), help="the server's A/B log (default: %(default)s)")
+    parser.add_argument("--ab-db", "--db", dest="ab_db", default=default_ab_db(),
+                        help="the server's A/B log, as mask-serve --ab-db (default: %(default)s; --db is its older name)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
-        data = report(ABLog(args.db, create=False), args.name)
+        data = report(ABLog(args.ab_db, create=False), args.name)
     except MaskError as e:
         print(f"mask-serve: error: {e}", file=sys.stderr)
         return 1
     if not data["arms"]:
-        print(f"mask-serve: error: no requests or definition for experiment {args.name!r} in {args.db}",
+        print(f"mask-serve: error: no requests or definition for experiment {args.name!r} in {args.ab_db}",
               file=sys.stderr)
         return 1
     print(json.dumps(data, indent=2) if args.json else format_report(data))
@@ -142,7 +143,6 @@ def serve_main(argv: Sequence[str]) -> int:
     parser = build_parser()
     explicit_model = any(a == "--model" or a.startswith("--model=") for a in argv)
     args = parser.parse_args(list(argv))
-    configure_logging_from_args(args)  # as vLLM's own server entry does: --log-level, --log-config-file
     try:
         if args.model_tag:
             args.model = args.model_tag
@@ -175,6 +175,7 @@ def serve_main(argv: Sequence[str]) -> int:
         args.served_model_name = [Path(args.model).name]
     validate_parsed_serve_args(args)
     setattr(args, ARGS_FIELD, config)
+    configure_logging_from_args(args)  # as vLLM's own server entry does: --log-level, --log-config-file
     try:
         uvloop.run(run_server(args))
     except MaskError as e:

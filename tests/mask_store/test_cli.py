@@ -43,7 +43,7 @@ def test_read_commands_speak_json(run, mask_file, tmp_path):
     assert shown["version"] == 1 and shown["tags"] == ["latest"] and shown["training"]["method"] == "random"
     code, out, _ = run("verify", "--json")
     assert json.loads(out) == {"checked": 1, "problems": []}
-    code, out, _ = run("pull", "math", "-o", str(tmp_path / "pulled.mask"), "--json")
+    code, out, _ = run("pull", "math", "--out", str(tmp_path / "pulled.mask"), "--json")
     assert json.loads(out)["ref"] == "math@1"
 
 
@@ -133,7 +133,7 @@ def test_pull_of_a_blob_holding_another_mask_is_one_line_naming_the_ref(run, mas
     run("push", str(mask_file), "--name", "math")
     blob = next((tmp_path / "store" / "blobs").glob("*/*.mask"))
     blob.write_bytes(other.read_bytes())
-    code, _, err = run("pull", "math", "-o", str(tmp_path / "out.mask"))
+    code, _, err = run("pull", "math", "--output", str(tmp_path / "out.mask"))
     assert code == 2 and "math@1" in err and err.count("\n") == 1 and err.startswith("mask-store: error:")
     assert not (tmp_path / "out.mask").exists()
     code, out, _ = run("verify")

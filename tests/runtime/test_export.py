@@ -15,7 +15,7 @@ def test_export_writes_the_materialized_checkpoint(tiny_model, tmp_path, capsys)
     path = make_mask(tiny_model, tmp_path / "m.mask", 0.3, "1-2", "all", seed=3)
     assert main(["--store", store, "push", str(path), "--name", "m"]) == 0
     out = tmp_path / "exported"
-    assert export(["m", "--store", store, "--model", str(tiny_model), "--materialize", str(out)]) == 0
+    assert export(["m", "--store", store, "--model", str(tiny_model), "--out", str(out)]) == 0
     assert "materialized" in capsys.readouterr().out
     exported, _ = load_model(out)
     expected, _ = load_model(tiny_model)
@@ -50,3 +50,11 @@ def test_export_never_overwrites_a_folder(tiny_model, tmp_path, capsys):
 def test_mask_store_export_says_where_it_went(capsys):
     assert main(["export", "m", "--model", "x", "--materialize", "y"]) == 2
     assert "'mask-store export' is now 'mask-export'" in capsys.readouterr().err
+
+
+def test_out_is_the_flag_every_writing_command_takes():
+    """mask-train, mask-store pull and mask-export write to --out; the older spellings still parse."""
+    from runtime.export_cli import build_parser
+
+    assert build_parser().parse_args(["m", "--model", "M", "--out", "D"]).out == "D"
+    assert build_parser().parse_args(["m", "--model", "M", "--materialize", "D"]).out == "D"

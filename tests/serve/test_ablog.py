@@ -53,10 +53,10 @@ def test_feedback_needs_a_logged_request(log):
 
 
 def test_report_command(log, tmp_path, capsys):
-    assert main(["ab", "report", "exp", "--db", str(tmp_path / "ab.sqlite")]) == 0
+    assert main(["ab", "report", "exp", "--ab-db", str(tmp_path / "ab.sqlite")]) == 0
     out = capsys.readouterr().out
     assert "experiment exp" in out and "math - base: score +0.550" in out
-    assert main(["ab", "report", "exp", "--db", str(tmp_path / "ab.sqlite"), "--json"]) == 0
+    assert main(["ab", "report", "exp", "--ab-db", str(tmp_path / "ab.sqlite"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["arms"][0]["arm"] == "base"
     assert main(["ab", "report", "missing", "--db", str(tmp_path / "ab.sqlite")]) == 1
     assert "missing" in capsys.readouterr().err

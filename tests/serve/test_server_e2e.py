@@ -133,7 +133,7 @@ def test_ab_experiment_end_to_end(world, capsys):
         seen[arm] = seen.get(arm, 0) + 1
         httpx.post(f"{url}/v1/feedback", json={"id": response.id, "score": 1.0 if arm == "beta" else 0.0 + i % 2})
     assert set(seen) == {"base", "beta"}
-    assert serve_cli(["ab", "report", "ab1", "--db", str(world["root"] / "ab.sqlite")]) == 0
+    assert serve_cli(["ab", "report", "ab1", "--ab-db", str(world["root"] / "ab.sqlite")]) == 0
     out = capsys.readouterr().out
     assert "beta - base" in out and f"{seen['beta']:>8}" in out
 
