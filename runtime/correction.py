@@ -93,28 +93,52 @@ def _cpu(y, x, slots, crow, seg, cols, vals, layer) -> None:
 
     Branching on the step's data is fine here: the op is opaque to torch.compile and CPUs capture no graphs.
     """
-    row_slots = slots[: y.shape[0]].numpy()  # (T,)
-    masked = np.flatnonzero(row_slots >= 0)
-    if not len(masked):
+    grouping = _grouping(slots[: y.shape[0]].numpy())
+    if grouping is None:
         return
-    order = masked[np.argsort(row_slots[masked], kind="stable")]  # (M,) masked rows grouped by slot
-    present, starts, counts = np.unique(row_slots[order], return_index=True, return_counts=True)
+    rows, by_slot = grouping
     shape = (y.shape[1], x.shape[1])
     views = _VIEWS[layer] if layer >= 0 else [
         csr_view(crow, seg, cols, vals, s, shape) if int(crow[s, -1]) else None for s in range(crow.shape[0])
     ]
-    groups = [(views[s], a, n) for s, a, n in zip(present.tolist(), starts.tolist(), counts.tolist())
-              if views[s] is not None]  # slots whose mask leaves this layer alone cost nothing
+    groups = [(views[s], a, n) for s, a, n in by_slot if views[s] is not None]  # slots that leave this layer alone
     if not groups:
         return
-    rows = torch.from_numpy(order)
-    xm = x.index_select(0, rows).float()  # (M, in)
-    correction = torch.zeros(len(rows), y.shape[1])  # (M, out) fp32
-    for d, a, n in groups:
-        # (R, out) = x_r D_s^T, as D_s @ x_r^T: MKL takes the dense side contiguous (a transposed view costs a
-        # slow path, ~1.5x the product itself here)
-        correction[a:a + n] = (d @ xm[a:a + n].t().contiguous()).t()
-    y.index_copy_(0, rows, (y.index_select(0, rows).float() - correction).to(y.dtype))
+    # (R, out) = x_r D_s^T is computed as D_s @ x_r^T: MKL takes the dense side contiguous (a transposed view costs a
+    # slower path)
+    xm = x.index_select(0, rows).float()  # (M, in), masked rows grouped by slot
+    if len(groups) == 1 and groups[0][2] == len(rows):
+        d, _, _ = groups[0]
+        correction = (d @ xm.t().contiguous()).t()  # (M, out)
+    else:
+        correction = torch.zeros(len(rows), y.shape[1])  # (M, out) fp32
+        for d, a, n in groups:
+            correction[a:a + n] = (d @ xm[a:a + n].t().contiguous()).t()
+    if y.dtype == torch.float32:
+        y.index_add_(0, rows, correction, alpha=-1)
+    else:  # subtract in fp32, round once
+        y.index_copy_(0, rows, (y.index_select(0, rows).float() - correction).to(y.dtype))
+
+
+_LAST_STEP: list = [None, None]  # [the row -> slot bytes of the last call, its grouping]
+
+
+def _grouping(row_slots: np.ndarray) -> tuple[torch.Tensor, list[tuple[int, int, int]]] | None:
+    """(masked rows ordered by slot, [(slot, start, count)]) for one step's mapping, None when no row is masked.
+
+    Every masked layer of a step gets the same mapping, so the grouping is kept for the next call and reused when
+    the mapping's bytes are equal (a comparison, never a stale answer: the key is the content, not the buffer)."""
+    key = row_slots.tobytes()
+    if _LAST_STEP[0] == key:
+        return _LAST_STEP[1]
+    masked = np.flatnonzero(row_slots >= 0)
+    grouping = None
+    if len(masked):
+        order = masked[np.argsort(row_slots[masked], kind="stable")]  # (M,) masked rows grouped by slot
+        present, starts, counts = np.unique(row_slots[order], return_index=True, return_counts=True)
+        grouping = (torch.from_numpy(order), list(zip(present.tolist(), starts.tolist(), counts.tolist())))
+    _LAST_STEP[:] = [key, grouping]
+    return grouping
 
 
 def _register_kernels() -> None:

@@ -43,6 +43,21 @@ def test_cpu_kernel_matches_the_reference(dtype, rows, slots, density):
     torch.testing.assert_close(y, expected, atol=tol, rtol=tol)
 
 
+def test_each_step_is_grouped_by_its_own_mapping():
+    """The CPU kernel reuses a step's row grouping across layers; a new mapping written into the same buffer (the
+    next step) must be grouped afresh, including one that masks a single slot's rows only."""
+    rng = np.random.default_rng(5)
+    table = _table(rng, (24, 40), 4, 0.2)
+    x = torch.from_numpy(rng.standard_normal((12, 40))).float()
+    for mapping in ([0, 1, 2, -1] * 3, [2, 1, 0, 0] * 3, [1] * 12, [-1] * 11 + [0], [2, 1, 0, 0] * 3):
+        table.route(np.array(mapping, dtype=np.int32))
+        y = torch.from_numpy(rng.standard_normal((12, 24))).float()
+        expected = y.clone()
+        reference_correction(expected, x, table.token_slots, table.crow[0], table.seg[0], table.cols, table.vals)
+        table.correct(y, x, 0)
+        torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_base_rows_are_left_bit_for_bit():
     rng = np.random.default_rng(1)
     table = _table(rng, (8, 16), 3, 0.5)
