@@ -150,6 +150,9 @@ def serve_main(argv: Sequence[str]) -> int:
             args.model = str(default_model_dir())
         if args.max_masks < 1:
             raise MaskError(f"--max-masks must be at least 1, got {args.max_masks}")
+        if args.headless or (args.api_server_count or 1) > 1:
+            raise MaskError("mask-serve runs one API server process, where mask admission and the A/B log live; "
+                            "--headless and --api-server-count above 1 are not supported (run replicas instead)")
         config = MaskServeConfig(
             model_dir=args.model,
             base_id=base_id(args.model),

