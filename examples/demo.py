@@ -110,7 +110,7 @@ def main() -> None:
             response = raw.parse()
             score = float(exact_match(response.choices[0].message.content, q["answer"]))
             httpx.post(f"{url}/v1/feedback", json={"id": response.id, "score": score}).raise_for_status()
-        run("mask-serve", "ab", "report", "math-ab", "--db", str(work / "ab.sqlite"))
+        run("mask-serve", "ab", "report", "math-ab", "--ab-db", str(work / "ab.sqlite"))
     finally:
         stop(server)
     print(f"\ndone; everything is in {work}")
