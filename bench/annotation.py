@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     args = parser.parse_args()
 
+    from runtime.requests import vector_flags
     from serve.experiments import Experiments
     from serve.middleware import MaskMiddleware
     from serve.state import MaskServeState
@@ -91,6 +92,7 @@ def main() -> None:
     wrapped = MaskMiddleware(inner)
     state = SimpleNamespace(state=SimpleNamespace(maskserve=MaskServeState(
         service=None, experiments=Experiments(), ablog=None, base_names=frozenset({"base"}))))
+    print(f"CPU flags {vector_flags()}; base requests (no mask, no experiment)")
     print(f"{args.tokens}-token responses, median of {args.batches} alternating batches of {args.requests} requests")
     print(f"{'response':<12} {'vLLM route':>11} {'+ middleware':>13} {'difference':>11}")
     for stream in (False, True):

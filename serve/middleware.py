@@ -5,16 +5,18 @@ the decision is serve/routing.py's, from the body alone), resolves it through th
 `vllm_xargs` carry the digest and whose `cache_salt` starts with it. vLLM parses, templates, schedules and streams
 as it always does. On the way back it marks the response with the mask that served it (`x-mask` header, `mask`
 object in the JSON body or in every streamed chunk), and counts it in the metrics and, for experiments, the A/B log.
+A base request (no mask, no experiment) gets vLLM's response as it was sent, plus the `x-mask: base` header.
 
 vLLM's other POST routes (responses, messages, invocations, embeddings, pooling, tokenize, ...) do not apply masks,
 so a JSON body there that asks for one (`mask`, or a `model` that names a mask or an experiment) is refused with 400
 rather than answered by the base model. GET /v1/models gets the masks this base can serve appended to vLLM's list.
-User-supplied `vllm_xargs` keys `mask`,
-`mask_path` and `mask_key` are dropped here; on vLLM's other routes, which pass `vllm_xargs` through untouched,
+User-supplied `vllm_xargs` keys
+`mask` and `mask_token` (runtime.requests.MASK_XARGS) are dropped here; on vLLM's other routes, which pass `vllm_xargs` through untouched,
 workers ignore them without the server's key (runtime/requests.py).
 """
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -84,7 +86,9 @@ class MaskMiddleware:
             raise NotFound(f"model {clip(model)} is neither the served model ({served}) nor a mask: {e}") from e
         return route
 
-    def rewrite(self, state: MaskServeState, request: dict, route: Route) -> dict:
+    def rewrite(self, state: MaskServeState, request: dict, route: Route, count_stream_tokens: bool = True) -> dict:
+        """vLLM's request: no `mask`, the served model's name, our xargs and salt; with `count_stream_tokens`, a
+        stream also asks for the usage chunk (hidden again from a client that did not ask for it)."""
         out = {k: v for k, v in request.items() if k != "mask"}
         if route.model_was_mask:
             out["model"] = state.service.served_name
@@ -97,7 +101,7 @@ class MaskMiddleware:
             salt = out.get("cache_salt")
             out["cache_salt"] = route.served.cache_salt(state.service.key, salt if isinstance(salt, str) else None)
         options = out.get("stream_options")
-        if out.get("stream") is True and (options is None or isinstance(options, dict)):
+        if count_stream_tokens and out.get("stream") is True and (options is None or isinstance(options, dict)):
             if not (options or {}).get("include_usage"):  # exact token counts for metrics and the A/B log
                 out["stream_options"] = {**(options or {}), "include_usage": True}
                 route.drop_usage_chunk = True
@@ -121,12 +125,13 @@ class MaskMiddleware:
         except MaskError as e:
             metrics.REQUESTS.labels(mask="unresolved", status=str(http_status(e))).inc()  # never a client string
             return await error_response(e)(scope, receive, send)
-        rewritten = self.rewrite(state, request, route)
+        annotated = route.served is not None or route.experiment is not None
+        rewritten = self.rewrite(state, request, route, count_stream_tokens=annotated)
         new_body = body if rewritten == request else json.dumps(rewritten).encode()
         outcome = Outcome()
+        respond = _annotate(send, route, outcome) if annotated else _observe(send, outcome)
         try:
-            await self.app(_with_length(scope, len(new_body)), replay(new_body, receive),
-                           _annotate(send, route, outcome))
+            await self.app(_with_length(scope, len(new_body)), replay(new_body, receive), respond)
         finally:  # failed and abandoned requests count too (status 500 if no response was started)
             if route.served is not None:
                 state.service.release(route.served)
@@ -213,6 +218,30 @@ def _capture(outcome: Outcome) -> Send:
 async def _send_raw(send: Send, outcome: Outcome) -> None:
     await send(outcome.start)
     await send({"type": "http.response.body", "body": b"".join(outcome.chunks), "more_body": False})
+
+
+def _observe(send: Send, outcome: Outcome) -> Send:
+    """A base request's response, passed through as vLLM sent it (no buffering, no body field) with `x-mask: base`
+    added; its status, first token and token count (when the response carries a usage object) are noted on the way."""
+
+    async def observed(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            outcome.status = message["status"]
+            MutableHeaders(scope=message)["x-mask"] = "base"
+        elif outcome.status < 400:
+            body = message.get("body", b"")
+            if outcome.first_token_at is None and body.startswith(b"data: "):
+                for event in body.split(b"\n\n"):  # parsed only until the first token, as _rewrite_event does
+                    _rewrite_event(event, b"", outcome, drop_usage_chunk=False)
+            elif b'"completion_tokens"' in body:
+                if found := _COMPLETION_TOKENS.search(body):
+                    outcome.completion_tokens = int(found.group(1))
+        await send(message)
+
+    return observed
+
+
+_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 
 
 def _annotate(send: Send, route: Route, outcome: Outcome) -> Send:

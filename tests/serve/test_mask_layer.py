@@ -56,13 +56,14 @@ def test_mask_becomes_xargs_and_cache_salt(server):
     assert [c[0] for c in engine.calls].count("maskserve_load") == 2 and len(engine.loaded) == 1
 
 
-def test_no_mask_is_the_base_and_says_so(server):
+def test_no_mask_is_the_base_and_says_so_in_a_header(server):
+    """A base response is vLLM's own body, untouched (no `mask` field to add, nothing re-encoded)."""
     client, _, _ = server
     r = complete(client)
-    assert r.headers["x-mask"] == "base" and r.json()["mask"] is None
+    assert r.headers["x-mask"] == "base" and "mask" not in r.json()
     assert "vllm_xargs" not in r.json()["received"] and "cache_salt" not in r.json()["received"]
     r = complete(client, mask=None)
-    assert r.status_code == 200 and r.json()["mask"] is None
+    assert r.status_code == 200 and r.headers["x-mask"] == "base" and "mask" not in r.json()
 
 
 def test_clients_cannot_smuggle_a_mask_or_token(server):
@@ -171,6 +172,27 @@ def test_streamed_tokens_are_counted_exactly(server):
     _, chunks = _stream(client, mask="code", stream_options={"include_usage": True})
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 2
     assert tokens() == before + 4
+
+
+def _base_tokens():
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("maskserve_generated_tokens_total", {"mask": "base"}) or 0
+
+
+def test_base_streams_pass_through_as_vllm_sent_them(server):
+    """No usage chunk forced on a base stream, no field spliced in: the chunks are the engine's bytes; tokens are
+    still counted when the client's own stream_options bring a usage chunk, and from a plain JSON body."""
+    client, _, _ = server
+    before = _base_tokens()
+    r, chunks = _stream(client)
+    assert r.headers["x-mask"] == "base" and len(chunks) == 3
+    assert all("mask" not in c for c in chunks)
+    assert _base_tokens() == before  # no usage chunk was asked for on the client's behalf
+    _, chunks = _stream(client, stream_options={"include_usage": True})
+    assert chunks[-1]["usage"]["completion_tokens"] == 2 and _base_tokens() == before + 2
+    complete(client)
+    assert _base_tokens() == before + 5  # the fake's JSON body reports 3 completion tokens
 
 
 def test_models_lists_base_and_compatible_masks(server):
