@@ -3,7 +3,7 @@
     python -m examples.reproduce --quick [--out DIR]         # ~35 min on a shared 2-core CPU
     python -m examples.reproduce [--fft-steps 500 ...]        # the default, longer budget
 
-For each task of tasks.py (math by template, letter counting by letter), in this order:
+For each task of tasks.py (math by template, word-list reversal by first word), in this order:
   data -> FFT (transformers Trainer, completion-only loss) -> on the FFT model: MFT (mask-train, 10% of a band of
   4 layers), random and magnitude masks of the same ratio and layers -> on the instruct base: MFT, and LoRA (peft)
   of the rank whose adapter is about the size of that mask, merged into a checkpoint -> the ablation (math only):

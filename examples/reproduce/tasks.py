@@ -3,9 +3,13 @@
 - `math`: arithmetic word problems (`basic_arithmetic`, natural phrasing, two terms of one or two digits, + and -),
   split by template as examples/math_mask.py does: training uses "What is", "Solve" and "Compute", held-out only
   "Evaluate:"; no held-out expression appears in training.
-- `letters`: letter counting (`letter_counting`: 'How many times does the letter "r" appear in the text: "..."?'),
-  split by letter: training asks about letters a-m, held-out about n-z, and no held-out text appears in training.
-  Both sets are balanced over the answers 1, 2 and 3, so always answering the same number scores about a third.
+- `reversal`: instruction following checked by a rule (`word_sequence_reversal`: "Reverse this list of words: owns,
+  progress, constitution" -> "constitution, progress, owns"), lists of 3-4 words, split by the list's first word:
+  training lists start with a-m, held-out lists with anything else, and no list appears on both sides. Every answer
+  is its own list, so no constant answer scores. The generator's two lines of boilerplate before the instruction
+  (its answer-format sentence repeats what the instruction says) are dropped, so an example fits the quick budget's
+  64 tokens. This replaced letter counting, whose balanced answers 1 / 2 / 3 let a constant answer score a third and
+  made every method tie at chance (docs/results.md).
 
 Each task is written as mask-train's JSON lines (chat `messages` and an `answer`); mask_store/tasks.py scores them.
 `build_task` returns (train, held_out) records; `split_key` says which side of the split a record belongs to, so
@@ -18,12 +22,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-TASKS = ("math", "letters")
+TASKS = ("math", "reversal")
 
 MATH_TRAIN_TEMPLATES = ("What is", "Solve", "Compute")
 MATH_EVAL_TEMPLATE = "Evaluate:"
-LETTER_ANSWERS = ("1", "2", "3")
-TRAIN_LETTERS = frozenset("abcdefghijklm")
+REVERSAL_INSTRUCTION = "Reverse this list of words:"
+REVERSAL_TRAIN_INITIALS = frozenset("abcdefghijklm")
 
 
 def _math_pool(size: int, seed: int) -> list[dict]:
@@ -34,10 +38,12 @@ def _math_pool(size: int, seed: int) -> list[dict]:
         operators=("+", "-"), allow_parentheses=False, allow_negation=False, format_style="natural"))
 
 
-def _letters_pool(size: int, seed: int) -> list[dict]:
+def _reversal_pool(size: int, seed: int) -> list[dict]:
     import reasoning_gym
 
-    return list(reasoning_gym.create_dataset("letter_counting", size=size, seed=seed, min_words=3, max_words=5))
+    items = reasoning_gym.create_dataset("word_sequence_reversal", size=size, seed=seed, min_words=3, max_words=4)
+    return [{**item, "question": item["question"][item["question"].index(REVERSAL_INSTRUCTION):].strip()}
+            for item in items]
 
 
 def math_side(item: dict) -> str | None:
@@ -48,23 +54,21 @@ def math_side(item: dict) -> str | None:
     return "eval" if question.startswith(MATH_EVAL_TEMPLATE) else None
 
 
-def letters_side(item: dict) -> str | None:
-    if item["answer"] not in LETTER_ANSWERS:
-        return None
-    return "train" if item["metadata"]["target_letter"].lower() in TRAIN_LETTERS else "eval"
+def reversal_side(item: dict) -> str:
+    return "train" if item["metadata"]["words"][0][:1].lower() in REVERSAL_TRAIN_INITIALS else "eval"
 
 
 def math_key(item: dict) -> str:
     return item["metadata"]["expression"]
 
 
-def letters_key(item: dict) -> str:
-    return " ".join(item["metadata"]["span"]).lower()
+def reversal_key(item: dict) -> str:
+    return " ".join(item["metadata"]["words"]).lower()
 
 
 SPLITS: dict[str, tuple[Callable, Callable, Callable]] = {  # pool, side, the key no two sides may share
     "math": (_math_pool, math_side, math_key),
-    "letters": (_letters_pool, letters_side, letters_key),
+    "reversal": (_reversal_pool, reversal_side, reversal_key),
 }
 
 
@@ -95,9 +99,8 @@ def split_pool(items: list[dict], side: Callable, key: Callable, n_train: int, n
 def build_task(task: str, n_train: int, n_eval: int, seed: int) -> tuple[list[dict], list[dict]]:
     """(training records, held-out records) for a task; a clear error when the generator gives too few."""
     pool_of, side, key = SPLITS[task]
-    balance = (lambda item: item["answer"]) if task == "letters" else None
     items = pool_of(max(2000, 12 * (n_train + n_eval)), seed)
-    train, held_out = split_pool(items, side, key, n_train, n_eval, balance)
+    train, held_out = split_pool(items, side, key, n_train, n_eval)
     if len(train) < n_train or len(held_out) < n_eval:
         raise ValueError(f"reasoning-gym gave only {len(train)} training and {len(held_out)} held-out {task} problems "
                          f"({n_train} and {n_eval} asked)")

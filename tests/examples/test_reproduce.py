@@ -12,8 +12,8 @@ import pytest
 from examples.reproduce.budget import PRESETS, Budget, band_layers, layer_spec, lora_params_per_rank, lora_rank_for
 from examples.reproduce.run import main
 from examples.reproduce.table import ablation_table, cell, delta, main_table
-from examples.reproduce.tasks import (LETTER_ANSWERS, MATH_EVAL_TEMPLATE, MATH_TRAIN_TEMPLATES, TRAIN_LETTERS,
-                                      build_task, split_pool)
+from examples.reproduce.tasks import (MATH_EVAL_TEMPLATE, MATH_TRAIN_TEMPLATES, REVERSAL_INSTRUCTION,
+                                      REVERSAL_TRAIN_INITIALS, build_task, split_pool)
 
 
 def _question(r: dict) -> str:
@@ -29,14 +29,16 @@ def test_math_split_is_by_template_and_disjoint():
     assert not {expression(r) for r in train} & {expression(r) for r in held_out}
 
 
-def test_letters_split_is_by_letter_disjoint_and_balanced():
-    train, held_out = build_task("letters", 60, 30, seed=0)
-    letter = lambda r: _question(r).split('"')[1]  # noqa: E731
-    text = lambda r: _question(r).split('"')[3].lower()  # noqa: E731
-    assert {letter(r) for r in train} <= TRAIN_LETTERS and not {letter(r) for r in held_out} & TRAIN_LETTERS
-    assert not {text(r) for r in train} & {text(r) for r in held_out}
-    counts = {a: sum(r["answer"] == a for r in held_out) for a in LETTER_ANSWERS}
-    assert counts == dict.fromkeys(LETTER_ANSWERS, 10)
+def test_reversal_split_is_by_first_word_disjoint_and_answers_are_the_reversed_list():
+    train, held_out = build_task("reversal", 60, 30, seed=0)
+    words = lambda r: _question(r).removeprefix(REVERSAL_INSTRUCTION).strip().split(", ")  # noqa: E731
+    assert all(_question(r).startswith(REVERSAL_INSTRUCTION) for r in train + held_out)
+    assert all(r["answer"] == ", ".join(reversed(words(r))) and 3 <= len(words(r)) <= 4 for r in train + held_out)
+    initial = lambda r: words(r)[0][0].lower()  # noqa: E731
+    assert {initial(r) for r in train} <= REVERSAL_TRAIN_INITIALS
+    assert not {initial(r) for r in held_out} & REVERSAL_TRAIN_INITIALS
+    assert not {r["answer"].lower() for r in train} & {r["answer"].lower() for r in held_out}
+    assert len({r["answer"] for r in held_out}) == 30  # no constant answer can score
 
 
 def test_split_pool_never_shares_a_key():
@@ -99,7 +101,7 @@ def test_training_stages_on_the_tiny_model_then_a_rerun_skips_them(tiny_model, t
             "--batch-size", "2", "--fft-steps", "1", "--mft-steps", "1", "--lora-steps", "1", "--until", "train",
             "--no-ablation"]
     assert main(argv) == 0
-    for task in ("math", "letters"):
+    for task in ("math", "reversal"):
         assert (out / task / "fft" / "config.json").exists()
         assert (out / task / "lora_merged" / "config.json").exists()
         assert (out / task / "lora" / "adapter_model.safetensors").exists()
