@@ -42,7 +42,12 @@ def mask_token(key: str, digest: str) -> str:
 
 
 def token_matches(key: str, digest: object, token: object) -> bool:
-    return isinstance(digest, str) and isinstance(token, str) and hmac.compare_digest(mask_token(key, digest), token)
+    """Whether a request's `extra_args` were written by maskserve. Whatever a client puts there (non-strings,
+    non-ASCII, lone surrogates) is a plain False: this runs before every forward pass, where raising kills the engine.
+    Digests and tokens are hex, so nothing valid is turned away."""
+    if not (isinstance(digest, str) and isinstance(token, str) and digest.isascii() and token.isascii()):
+        return False
+    return hmac.compare_digest(mask_token(key, digest), token)
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ class MaskWorkerExtension:
 
     def _maskserve_digest(self, extra: dict | None) -> str | None:
         """The mask a request asks for; only maskserve's own requests, which carry a valid token, can ask."""
-        if not extra or "mask" not in extra:
+        if not isinstance(extra, dict) or "mask" not in extra:
             return None
         digest = extra.get("mask")
         return digest if token_matches(self._maskserve_key, digest, extra.get("mask_token")) else None

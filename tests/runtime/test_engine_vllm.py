@@ -116,7 +116,9 @@ def test_requests_without_the_setup_key_get_the_base_model(setup):
     base = engine.generate([TEXTS[0] * 2], [None], params)[0].outputs[0].token_ids
     masked = engine.generate([TEXTS[0] * 2], ["m0"], params)[0].outputs[0].token_ids
     assert base != masked
-    for forged in ({"mask": digest}, {"mask": "f" * 64, "mask_path": "/etc/passwd"}, {"mask": digest, "mask_key": "x"}):
+    forgeries = ({"mask": digest}, {"mask": "f" * 64, "mask_path": "/etc/passwd"}, {"mask": digest, "mask_key": "x"},
+                 {"mask": digest, "mask_token": "é" * 32}, {"mask": ["x"], "mask_token": {"y": 1}})
+    for forged in forgeries:  # the non-ASCII token raised in the forward pass's hook and killed the engine
         out = engine.llm.generate([TEXTS[0] * 2], SamplingParams(max_tokens=6, temperature=0.0, extra_args=forged),
                                   use_tqdm=False)
         assert out[0].outputs[0].token_ids == base, forged
