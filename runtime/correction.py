@@ -93,6 +93,8 @@ def _cpu(y, x, slots, crow, seg, cols, vals, layer) -> None:
 
     Branching on the step's data is fine here: the op is opaque to torch.compile and CPUs capture no graphs.
     """
+    if (cols.dtype, vals.dtype) != (torch.int32, torch.float32):  # not MKL's layout: no prebuilt views to walk
+        return reference_correction(y, x, slots, crow, seg, cols, vals)
     grouping = _grouping(slots[: y.shape[0]].numpy())
     if grouping is None:
         return

@@ -43,6 +43,25 @@ def test_cpu_kernel_matches_the_reference(dtype, rows, slots, density):
     torch.testing.assert_close(y, expected, atol=tol, rtol=tol)
 
 
+def test_a_cpu_table_in_the_cuda_layout_is_still_corrected():
+    """The CPU kernel walks MKL views that only the CPU layout builds; a table in another layout (int16 columns,
+    16-bit values) on CPU was served uncorrected, the base model for a masked row."""
+    from runtime.slots import Layout
+
+    rng = np.random.default_rng(3)
+    shape, slots = (24, 40), 3
+    table = SlotTable([shape], SlotConfig(slots, 24 * 40, 64, Layout(torch.int16, torch.bfloat16)), torch.device("cpu"))
+    dense = torch.from_numpy(rng.standard_normal(shape) * (rng.random(shape) < 0.3)).to(torch.bfloat16).float()
+    table.write(0, {0: dense.to_sparse_csr()}, "slot 0")
+    x = torch.from_numpy(rng.standard_normal((6, 40))).float()
+    table.route(np.array([0, -1, 0, 1, -1, 0], dtype=np.int32))
+    y = torch.zeros(6, 24)
+    table.correct(y, x, 0)
+    masked = torch.tensor([0, 2, 5])
+    torch.testing.assert_close(y[masked], -(x[masked] @ dense.T), atol=1e-4, rtol=1e-4)
+    assert not y[[1, 3, 4]].any()
+
+
 def test_each_step_is_grouped_by_its_own_mapping():
     """The CPU kernel reuses a step's row grouping across layers; a new mapping written into the same buffer (the
     next step) must be grouped afresh, including one that masks a single slot's rows only."""
