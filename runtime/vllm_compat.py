@@ -18,6 +18,16 @@ VLLM_VERSION = "0.32.0"
 V2_RUNNER_MODULE = "vllm.v1.worker.gpu.model_runner"
 
 
+# `config/vllm.py` `use_v2_model_runner`: settings that force Model Runner V2 even with VLLM_USE_V2_MODEL_RUNNER=0.
+V2_ONLY_FEATURES = (("watermarking", "watermark_config"), ("HiSparse attention", "attention_config.hisparse_config"))
+
+
+def _setting(config, dotted: str):
+    for part in dotted.split("."):
+        config = getattr(config, part, None)
+    return config
+
+
 class UnsupportedEngine(RuntimeError):
     """An engine configuration masks cannot be served under; the message says what to set instead."""
 
@@ -25,8 +35,12 @@ class UnsupportedEngine(RuntimeError):
 def check_supported(runner, vllm_config) -> None:
     """Refuse, at start, any configuration where a masked request could silently get the base model."""
     if type(runner).__module__ == V2_RUNNER_MODULE or not hasattr(runner, "input_batch"):
-        raise UnsupportedEngine("masks need vLLM's V1 model runner; set VLLM_USE_V2_MODEL_RUNNER=0 "
-                                f"(runner here: {type(runner).__module__}.{type(runner).__name__})")
+        here = f"runner here: {type(runner).__module__}.{type(runner).__name__}"
+        for feature, setting in V2_ONLY_FEATURES:  # vLLM picks V2 for these whatever VLLM_USE_V2_MODEL_RUNNER says
+            if _setting(vllm_config, setting) is not None:
+                raise UnsupportedEngine(f"masks need vLLM's V1 model runner, and {feature} ({setting}) makes vLLM use "
+                                        f"Model Runner V2; turn {feature} off to serve masks ({here})")
+        raise UnsupportedEngine(f"masks need vLLM's V1 model runner; set VLLM_USE_V2_MODEL_RUNNER=0 ({here})")
     mode = vllm_config.compilation_config.cudagraph_mode
     if mode is not None and mode.name not in ("NONE", "PIECEWISE"):
         raise UnsupportedEngine(f"masks need cudagraph_mode NONE or PIECEWISE, not {mode.name}; set "

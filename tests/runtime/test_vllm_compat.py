@@ -31,6 +31,14 @@ def test_model_runner_v2_is_refused_with_the_setting_that_avoids_it():
             vllm_compat.check_supported(runner, _config("NONE"))
 
 
+def test_a_feature_that_forces_model_runner_v2_is_named_instead_of_a_setting_that_would_not_help():
+    config = _config("NONE")
+    config.watermark_config = object()
+    with pytest.raises(vllm_compat.UnsupportedEngine, match=r"watermarking \(watermark_config\)") as refused:
+        vllm_compat.check_supported(object(), config)
+    assert "VLLM_USE_V2_MODEL_RUNNER=0" not in str(refused.value)
+
+
 @pytest.mark.parametrize("mode", ["FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE"])
 def test_full_cuda_graphs_are_refused(mode):
     with pytest.raises(vllm_compat.UnsupportedEngine, match="PIECEWISE"):
