@@ -20,9 +20,10 @@ class NotFound(MaskError):
 
 
 class BaseMismatch(MaskError):
-    """A mask used or pushed against a base model it was not trained on."""
+    """A mask used or pushed against a base model it was not trained on: no retry can help, so 422, not 409 (which
+    clients such as the openai one retry)."""
 
-    status = 409
+    status = 422
 
     def __init__(self, what: str, mask_base: str, other_base: str):
         super().__init__(f"{what} was trained on base {mask_base}, not on base {other_base}")

@@ -32,9 +32,10 @@ class LoadedMask:
 
 
 class BankFull(MaskError):
-    """Every slot holds a pinned mask or one that requests use; it clears as they finish (HTTP: 503, Retry-After)."""
+    """Every slot holds a pinned mask or one that requests use; it clears as they finish, so a retry can help (HTTP
+    sends Retry-After with it)."""
 
-    status = 507
+    status = 503
 
 
 class MaskInUse(MaskError):

@@ -30,7 +30,7 @@ from runtime.requests import MASK_XARGS
 from . import metrics, routing
 from .experiments import PREFIX
 from .limits import read_body, replay
-from .protocol import clip, error_json, error_response, http_status
+from .protocol import clip, error_json, error_response
 from .routing import MaskFields, Route
 from .state import MaskServeState
 
@@ -123,7 +123,7 @@ class MaskMiddleware:
             if route.served is not None:
                 await state.service.admit(route.served)
         except MaskError as e:
-            metrics.REQUESTS.labels(mask="unresolved", status=str(http_status(e))).inc()  # never a client string
+            metrics.REQUESTS.labels(mask="unresolved", status=str(e.status)).inc()  # never a client string
             return await error_response(e)(scope, receive, send)
         annotated = route.served is not None or route.experiment is not None
         rewritten = self.rewrite(state, request, route, count_stream_tokens=annotated)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from starlette.responses import JSONResponse
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
-from mask_store.errors import BaseMismatch, InvalidRef, MaskError
+from mask_store.errors import InvalidRef, MaskError
 from mask_store.refs import NAME_PATTERN, MaskRef
 
 _NAME = f"^{NAME_PATTERN}$"
@@ -37,19 +37,10 @@ def check_ref(ref: str) -> str:
     return str(MaskRef.parse(ref))
 
 
-def http_status(e: MaskError) -> int:
-    """The status a MaskError answers over HTTP, chosen by whether retrying can help: clients (the openai one among
-    them) retry 408, 409, 429 and every 5xx. mask_store/errors.py's statuses are kept except for two:
-    BaseMismatch (409 there) never succeeds on a retry, so 422; BankFull (507) clears when requests finish, so 503,
-    which `error_response` sends with Retry-After."""
-    if isinstance(e, BaseMismatch):
-        return 422
-    return 503 if e.status == 507 else e.status
-
-
 def error_response(e: MaskError) -> JSONResponse:
-    status = http_status(e)
-    return error_json(str(e), status, {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None)
+    """A MaskError over HTTP with its own status, which each error class chooses by whether retrying can help
+    (clients, the openai one among them, retry 408, 409, 429 and every 5xx); 503s go out with Retry-After."""
+    return error_json(str(e), e.status, {"Retry-After": str(RETRY_AFTER_S)} if e.status == 503 else None)
 
 
 class Strict(BaseModel):
