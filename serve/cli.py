@@ -112,18 +112,13 @@ def apply_engine_defaults(args) -> None:
     if args.dtype != "auto":
         user["dtype"] = args.dtype
     defaults = default_engine_args(args.max_masks, args.mask_memory_bytes, **user)
-    args.worker_extension_cls = defaults["worker_extension_cls"]
-    args.load_format = defaults["load_format"]
-    args.model_loader_extra_config = defaults["model_loader_extra_config"]
-    args.additional_config = defaults["additional_config"]
-    args.dtype = defaults["dtype"]
-    if args.enable_prefix_caching is None:
-        args.enable_prefix_caching = defaults["enable_prefix_caching"]
-    if args.kv_cache_memory_bytes is None and "kv_cache_memory_bytes" in defaults:
-        args.kv_cache_memory_bytes = defaults["kv_cache_memory_bytes"]
-    if "compilation_config" in defaults and not args.enforce_eager:
-        mode = defaults["compilation_config"]["cudagraph_mode"]
-        args.compilation_config.cudagraph_mode = args.compilation_config.cudagraph_mode or mode
+    for key, value in defaults.items():  # every key: a default added in runtime reaches mask-serve unasked
+        if key == "compilation_config":  # vLLM parsed it into an object; fill the fields the user left unset
+            for field, default in value.items():
+                if getattr(args.compilation_config, field) is None and not args.enforce_eager:
+                    setattr(args.compilation_config, field, default)
+        elif key in user or key == "worker_extension_cls" or getattr(args, key) in (None, "auto"):
+            setattr(args, key, value)  # `user`'s keys came back merged with ours; None / "auto": left to us
 
 
 def serve_main(argv: Sequence[str]) -> int:

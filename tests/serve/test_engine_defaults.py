@@ -38,6 +38,20 @@ def test_a_changed_runtime_default_reaches_mask_serve(parser, monkeypatch):
     assert args.enable_prefix_caching is False
 
 
+def test_every_runtime_default_reaches_mask_serve(parser, monkeypatch):
+    """Not a fixed list of keys: a default runtime adds later (here a made-up value for a real vLLM flag, and one
+    inside compilation_config) is applied too."""
+    real = requests.default_engine_args
+    monkeypatch.setattr(requests, "default_engine_args", lambda *a, **kw: {
+        **real(*a, **kw), "max_num_seqs": 7, "compilation_config": {"cudagraph_mode": "NONE"}})
+    args = parser.parse_args(["--model", "m"])
+    apply_engine_defaults(args)
+    assert args.max_num_seqs == 7 and args.compilation_config.cudagraph_mode == "NONE"
+    for key, value in requests.default_engine_args().items():
+        if key != "compilation_config":
+            assert getattr(args, key) == value, key
+
+
 def test_the_users_flags_win(parser):
     args = parser.parse_args(["--model", "m", "--no-enable-prefix-caching", "--kv-cache-memory-bytes", "5",
                               "--mask-memory-bytes", "2GiB", "--max-masks", "3"])
