@@ -18,14 +18,29 @@ MAY_IMPORT = {
 }
 
 
-def _imported_packages(path: Path) -> set[str]:
+def _imported_packages(path: Path, root: Path = ROOT) -> set[str]:
+    """Top-level packages a file imports, lazy imports included, relative ones resolved against the file's package."""
+    package = path.relative_to(root).parts[:-1]  # serve/x.py: ("serve",)
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module.split(".")[0])
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:max(0, len(package) - node.level + 1)]
+            names = [".".join((*base, node.module))] if node.module else [".".join((*base, a.name)) for a in node.names]
+        else:
+            continue
+        found |= {name.split(".")[0] for name in names if name}
     return found & set(MAY_IMPORT)
+
+
+def test_relative_imports_are_resolved(tmp_path):
+    (tmp_path / "serve").mkdir()
+    sneaky = tmp_path / "serve" / "x.py"
+    sneaky.write_text("from . import middleware\nfrom .. import trainer\nfrom ..runtime import engine\n")
+    assert _imported_packages(sneaky, tmp_path) == {"serve", "trainer", "runtime"}
 
 
 @pytest.mark.parametrize("package", sorted(MAY_IMPORT))
@@ -51,7 +66,7 @@ def _literals(path: Path) -> list[str]:
 
 def test_projection_names_have_one_home():
     home = ROOT / "mask_store" / "projections.py"
-    spelled = [str(path.relative_to(ROOT)) for package in [*MAY_IMPORT, "bench"]
+    spelled = [str(path.relative_to(ROOT)) for package in [*MAY_IMPORT, "bench", "examples"]
                for path in sorted((ROOT / package).rglob("*.py"))
                if path != home and any(_HF_ONLY.search(text) for text in _literals(path))]
     assert not spelled, spelled

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from mask_store.projections import HF_PROJECTIONS
 from trainer.data import collate, load_examples
 
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def _load(model_dir: Path):
@@ -85,7 +85,7 @@ def lora_finetune(base: Path, data: Path, adapter_out: Path, merged_out: Path, *
     from peft import LoraConfig, get_peft_model
 
     model, tokenizer = _load(base)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(PROJECTIONS),
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(HF_PROJECTIONS),
                         layers_to_transform=list(range(layers[0], layers[1] + 1)), task_type="CAUSAL_LM")
     model = get_peft_model(model, config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
