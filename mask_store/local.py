@@ -18,7 +18,6 @@ refused (mask_store/versions.py).
 """
 
 import json
-import logging
 import os
 import sqlite3
 import threading
@@ -32,8 +31,9 @@ from .atomic import atomic_write_bytes
 from .errors import BaseMismatch, InvalidRef, NotFound, StoreError
 from .refs import check_name, check_tag
 from .store import BlobInfo, VersionRecord, check_blob, check_digest, holds_blob, load_json, printable
+from .logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger("store")
 
 INDEX_VERSION = 1
 # version v -> the step that turns an index of version v into v + 1, inside the write transaction.

@@ -5,15 +5,16 @@ One prefix for every variable: `MASKSERVE_CACHE` (the cache folder) and `MASKSER
 wins when both are set.
 """
 
-import logging
 import os
 from pathlib import Path
+
+from .logs import get_logger
 
 CACHE_ENV = "MASKSERVE_CACHE"
 STORE_ENV = "MASKSERVE_STORE"
 _RENAMED = {STORE_ENV: "MASK_STORE"}  # new name -> the old one it replaced
 _warned: set[str] = set()
-log = logging.getLogger(__name__)
+log = get_logger("store")
 
 
 def _env(name: str) -> str | None:

@@ -32,7 +32,6 @@ Endpoint and credentials come from the usual AWS settings (`AWS_ENDPOINT_URL`, `
 """
 
 import json
-import logging
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -49,8 +48,9 @@ from .errors import BaseMismatch, InvalidRef, NotFound, StoreError
 from .paths import cache_dir
 from .refs import check_name, check_tag
 from .store import BlobInfo, VersionRecord, check_blob, check_digest, holds_blob, load_json, printable
+from .logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger("store")
 _MAX_CLAIMS = 1000
 _VERSION_FILE = re.compile(r"([0-9]{8,})\.json")
 STORE_FORMAT = 1

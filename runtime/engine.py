@@ -23,7 +23,7 @@ from mask_store.store import Store
 
 from . import canary, vllm_compat
 from .layout import ModelShape
-from .logs import get_logger
+from mask_store.logs import get_logger
 from .requests import DEFAULT_MASK_MEMORY, DEFAULT_MAX_MASKS, ServedMask, default_engine_args, first_result, \
     new_mask_key, resolve
 

@@ -26,7 +26,7 @@ from . import vllm_compat
 from .bank import MaskBank
 from .deltas import CheckpointReader, build_deltas
 from .layout import ModelShape, check_mask_tensors, vllm_placement
-from .logs import get_logger
+from mask_store.logs import get_logger
 from .requests import token_matches
 
 logger = get_logger("worker")

@@ -8,7 +8,7 @@ response's row. Pending writes finish before the interpreter exits (concurrent.f
 import asyncio
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from runtime.logs import get_logger
+from mask_store.logs import get_logger
 
 from .ablog import ABLog
 

@@ -25,7 +25,7 @@ from mask_store.errors import MaskError
 from mask_store.store import Store
 from runtime import canary
 from runtime.bank import BankFull
-from runtime.logs import get_logger
+from mask_store.logs import get_logger
 from runtime.requests import ServedMask, first_result, new_mask_key, resolve
 
 from . import metrics

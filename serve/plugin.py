@@ -25,7 +25,7 @@ from vllm import SamplingParams
 
 from mask_store.errors import MaskError
 from mask_store.store import Store
-from runtime.logs import get_logger
+from mask_store.logs import get_logger
 
 from .ablog import ABLog
 from .ablog_writer import ABLogWriter

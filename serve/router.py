@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from mask_store.errors import MaskError, NotFound
-from runtime.logs import get_logger
+from mask_store.logs import get_logger
 
 from .protocol import ExperimentSpec, Feedback, LoadMaskRequest, UnloadMaskRequest, clip, error_json, error_response
 

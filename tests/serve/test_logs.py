@@ -6,6 +6,9 @@ import pytest
 from vllm.config.logging import LoggingConfig
 from vllm.logger import configure_logging_if_needed
 
+import mask_store.local
+import mask_store.paths
+import mask_store.s3
 import runtime.engine
 import runtime.worker
 import serve.masks
@@ -26,8 +29,9 @@ def vllm_logging():
 def test_every_logger_is_under_vllms_configured_logger():
     vllm_logger = logging.getLogger("vllm")
     assert vllm_logger.handlers  # what VLLM_CONFIGURE_LOGGING set up
-    for module in (runtime.engine, runtime.worker, serve.masks, serve.plugin, serve.router):
-        logger = module.logger
+    modules = (runtime.engine, runtime.worker, serve.masks, serve.plugin, serve.router)
+    stores = (mask_store.local, mask_store.s3, mask_store.paths)  # their warnings came out unformatted
+    for logger in [m.logger for m in modules] + [m.log for m in stores]:
         assert logger.name.startswith("vllm.maskserve."), logger.name
         assert logger.getEffectiveLevel() <= logging.INFO  # a logger outside `vllm` drops INFO (root: WARNING)
 
