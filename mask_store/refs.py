@@ -16,9 +16,11 @@ from .errors import InvalidRef
 
 LATEST = "latest"
 RESERVED_NAMES = frozenset({"base", "ab"})
-NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"  # mask names, and the experiment and arm names serve/ checks
+MAX_NAME_CHARS = MAX_TAG_CHARS = 128
+NAME_PATTERN = rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME_CHARS - 1}}}"  # masks; serve/'s experiment and arm names
 _NAME = re.compile(NAME_PATTERN)
-_TAG = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,127}")
+_TAG = re.compile(rf"[A-Za-z][A-Za-z0-9._-]{{0,{MAX_TAG_CHARS - 1}}}")
+MAX_REF_CHARS = MAX_NAME_CHARS + 1 + MAX_TAG_CHARS  # the longest valid REF, NAME:TAG
 _DIGEST_PREFIX = re.compile(r"[0-9a-f]{12,64}")
 _VERSION = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit and int() also take "١" and "²"
 
@@ -26,7 +28,7 @@ _VERSION = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit and int() also 
 def check_name(name: str) -> str:
     if not _NAME.fullmatch(name):
         raise InvalidRef(
-            f"invalid mask name {name!r}: use letters, digits, '.', '_' or '-' (not first), at most 128 characters"
+            f"invalid mask name {name!r}: use letters, digits, '.', '_' or '-' (not first), at most {MAX_NAME_CHARS} characters"
         )
     if name.lower() in RESERVED_NAMES:
         raise InvalidRef(f"invalid mask name {name!r}: it is reserved")

@@ -66,6 +66,8 @@ def build_parser():
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     from .config import default_ab_db
+    from .limits import DEFAULT_MAX_BODY_BYTES
+    from .masks import DEFAULT_RESOLVE_TTL_S
 
     parser = make_arg_parser(FlexibleArgumentParser(prog="mask-serve", description=__doc__.splitlines()[0]))
     parser.set_defaults(host="127.0.0.1")
@@ -82,10 +84,11 @@ def build_parser():
                            f"(default {DEFAULT_MASK_MEMORY >> 30}GiB; sizes as vLLM's *-bytes flags take them: "
                            "1G or 1GiB = 2^30, 1g = 10^9)")
     ours.add_argument("--ab-db", default=default_ab_db(), help="SQLite file of the A/B log (default: %(default)s)")
-    ours.add_argument("--resolve-ttl", type=float, default=1.0,
-                      help="seconds a REF resolution is reused before the store is asked again")
-    ours.add_argument("--max-body-bytes", type=parse_size, default=parse_size("32MiB"),
-                      help="larger request bodies are refused with 413, on every route (default 32MiB)")
+    ours.add_argument("--resolve-ttl", type=float, default=DEFAULT_RESOLVE_TTL_S,
+                      help="seconds a REF resolution is reused before the store is asked again (default %(default)s)")
+    ours.add_argument("--max-body-bytes", type=parse_size, default=DEFAULT_MAX_BODY_BYTES,
+                      help="larger request bodies are refused with 413, on every route "
+                           f"(default {DEFAULT_MAX_BODY_BYTES >> 20}MiB)")
     return parser
 
 

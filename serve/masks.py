@@ -37,6 +37,9 @@ RPC_TIMEOUT_S = 120.0  # a mask load takes milliseconds; an engine that does not
 RESOLVE_CACHE_SIZE = 1024  # REF resolutions kept; a server sees a few dozen REFs, a client can send any number
 
 
+DEFAULT_RESOLVE_TTL_S = 1.0  # how long a REF resolution and the /v1/models listing are reused
+
+
 class EngineUnavailable(MaskError):
     """The engine did not answer a mask RPC (stopped, or shutting down)."""
 
@@ -45,7 +48,7 @@ class EngineUnavailable(MaskError):
 
 class MaskService:
     def __init__(self, engine_client, store: Store, model_dir: str, base_id: str, served_name: str,
-                 expected: dict[str, tuple[int, ...]], resolve_ttl_s: float = 1.0, slot_wait_s: float = 30.0,
+                 expected: dict[str, tuple[int, ...]], resolve_ttl_s: float = DEFAULT_RESOLVE_TTL_S, slot_wait_s: float = 30.0,
                  resolve_cache_size: int = RESOLVE_CACHE_SIZE):
         self.engine = engine_client
         self.store = store

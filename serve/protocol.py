@@ -12,10 +12,9 @@ from starlette.responses import JSONResponse
 from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
 from mask_store.errors import InvalidRef, MaskError
-from mask_store.refs import NAME_PATTERN, MaskRef
+from mask_store.refs import MAX_REF_CHARS, NAME_PATTERN, MaskRef
 
 _NAME = f"^{NAME_PATTERN}$"
-MAX_REF_CHARS = 257  # the longest valid REF, NAME:TAG: 128 + 1 + 128 characters (mask_store/refs.py)
 MAX_ID_CHARS = 256  # response ids (vLLM's are ~40 characters)
 MAX_MESSAGE_CHARS = 2000  # error messages; longer ones are cut, whatever they quote
 CLIP_CHARS = 64  # of a client string quoted in an error message
