@@ -278,7 +278,8 @@ class Store:
         records = [r for r in self.backend.records(name) if r.live]
         if base_id is not None:
             records = [r for r in records if r.base_id == base_id]
-        return [self._with_tags(r, records) for r in records]
+        tags = self.backend.tags(name) if records else {}  # one scan for the listing (on S3, one GET per tag)
+        return [self._with_tags(r, records, tags) for r in records]
 
     def resolve(self, ref: str | MaskRef) -> VersionRecord:
         parsed = MaskRef.parse(ref) if isinstance(ref, str) else ref
@@ -294,13 +295,14 @@ class Store:
             return self._with_tags(found[0], live)
         if parsed.tag == LATEST:
             return self._with_tags(live[-1], live)
-        version = self.backend.tags(parsed.name).get((parsed.name, parsed.tag))
+        tags = self.backend.tags(parsed.name)
+        version = tags.get((parsed.name, parsed.tag))
         if version is None:
             raise NotFound(f"no tag {parsed} in store {self.uri}")
         found = [r for r in live if r.version == version]
         if not found:
             raise NotFound(f"tag {parsed} points at {parsed.name}@{version}, which is not in store {self.uri}")
-        return self._with_tags(found[0], live)
+        return self._with_tags(found[0], live, tags)
 
     def _resolve_digest(self, prefix: str) -> VersionRecord:
         live = [r for r in self.backend.records() if r.live]
@@ -313,8 +315,12 @@ class Store:
         newest = max(matches, key=lambda r: r.pushed_at)
         return self._with_tags(newest, live)
 
-    def _with_tags(self, record: VersionRecord, live: list[VersionRecord]) -> VersionRecord:
-        tags = sorted(t for (n, t), v in self.backend.tags(record.name).items() if v == record.version)
+    def _with_tags(self, record: VersionRecord, live: list[VersionRecord],
+                   tags: dict[tuple[str, str], int] | None = None) -> VersionRecord:
+        """The record with its tags, from `tags` when the caller has read them already."""
+        if tags is None:
+            tags = self.backend.tags(record.name)
+        tags = sorted(t for (n, t), v in tags.items() if n == record.name and v == record.version)
         newest = max(r.version for r in live if r.name == record.name)
         if record.version == newest:
             tags.insert(0, LATEST)

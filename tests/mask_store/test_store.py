@@ -55,6 +55,22 @@ def test_same_mask_twice_is_stored_once(store, files):
     assert [r.ref for r in store.versions()] == ["a@1", "a@2", "b@1"]
 
 
+def test_a_listing_reads_the_tags_once(store, files, monkeypatch):
+    """On S3 reading the tags is a LIST and a GET per tag; the listing did that once per version it listed."""
+    for i, path in enumerate(files):
+        store.push(path, "math", tags=[f"t{i}"])
+    store.push(files[0], "code", tags=["prod"])
+    calls = []
+    real = store.backend.tags
+    monkeypatch.setattr(store.backend, "tags", lambda name=None: calls.append(name) or real(name))
+    listed = {(r.name, r.version): r.tags for r in store.versions()}
+    assert len(calls) == 1
+    assert listed == {("math", 1): ("t0",), ("math", 2): ("t1",), ("math", 3): ("latest", "t2"),
+                      ("code", 1): ("latest", "prod")}
+    calls.clear()
+    assert store.resolve("math:t1").tags == ("t1",) and len(calls) == 1
+
+
 def test_tags_move_and_untag(store, files):
     store.push(files[0], "math", tags=["prod"])
     store.push(files[1], "math")
