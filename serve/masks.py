@@ -21,7 +21,7 @@ import asyncio
 import time
 from collections import Counter, OrderedDict
 
-from mask_store.errors import MaskError
+from mask_store.errors import MaskError, NotFound
 from mask_store.store import Store
 from runtime import canary
 from runtime.bank import BankFull
@@ -58,7 +58,9 @@ class MaskService:
         self.expected = expected  # HF tensor name -> shape of every projection a mask may name
         self.resolve_ttl_s = resolve_ttl_s
         self.resolve_cache_size = resolve_cache_size
-        self._resolved: OrderedDict[str, tuple[float, ServedMask]] = OrderedDict()  # canonical REF -> (at, mask)
+        # canonical REF -> (at, the mask or the NotFound it gave): a `model` that is no mask (a LoRA adapter's name)
+        # is not looked up in the store on every request either
+        self._resolved: OrderedDict[str, tuple[float, ServedMask | NotFound]] = OrderedDict()
         self._listing: tuple[float, dict] | None = None  # (at, name -> newest record) for /v1/models
         self._residency = asyncio.Lock()  # held while a load runs and while admission decides
         self._in_flight: Counter[str] = Counter()  # digest -> requests admitted and not yet finished
@@ -96,7 +98,7 @@ class MaskService:
             reference = await asyncio.to_thread(canary.reference_logprobs, Path(self.model_dir), probe)
         return canary.check(got, reference, dtype)
 
-    def _cached(self, key: str) -> ServedMask | None:
+    def _cached(self, key: str) -> ServedMask | NotFound | None:
         hit = self._resolved.get(key)
         if hit is None:
             return None
@@ -106,7 +108,7 @@ class MaskService:
         self._resolved.move_to_end(key)
         return hit[1]
 
-    def _remember(self, key: str, started: float, served: ServedMask) -> None:
+    def _remember(self, key: str, started: float, served: ServedMask | NotFound) -> None:
         """In the event loop's thread only: the cache is never touched from two threads."""
         if self.resolve_ttl_s <= 0:
             return
@@ -121,8 +123,13 @@ class MaskService:
         served = self._cached(key)
         if served is None:
             started = time.monotonic()
-            served = await asyncio.to_thread(resolve, self.store, key, self.base_id, self.expected)
+            try:
+                served = await asyncio.to_thread(resolve, self.store, key, self.base_id, self.expected)
+            except NotFound as e:
+                served = e
             self._remember(key, started, served)
+        if isinstance(served, NotFound):
+            raise NotFound(str(served))
         return served
 
     async def admit(self, served: ServedMask) -> None:

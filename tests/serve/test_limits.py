@@ -146,3 +146,21 @@ def test_admin_and_feedback_routes_do_not_echo_client_strings(server, path, body
 def test_get_experiment_does_not_echo_a_long_name(server):
     r = server.get("/v1/experiments/" + "x" * 8000)
     assert r.status_code == 404 and len(r.content) < 2000
+
+
+def test_a_ref_that_is_no_mask_is_not_asked_of_the_store_again_within_the_ttl(store, monkeypatch):
+    """Every request naming a LoRA adapter as `model` (not a mask) went to the store: on S3, a LIST each time."""
+    from mask_store.errors import NotFound
+
+    service = _service(store, resolve_ttl_s=60)
+    lookups = []
+    real = store.resolve
+    monkeypatch.setattr(store, "resolve", lambda ref: lookups.append(ref) or real(ref))
+
+    async def scenario():
+        for _ in range(5):
+            with pytest.raises(NotFound, match="some-lora"):
+                await service.resolve("some-lora")
+
+    asyncio.run(scenario())
+    assert len(lookups) == 1
