@@ -26,7 +26,9 @@ blobs, including the local cache's copies, are checked against their digest on e
 
 The layout's version (STORE_FORMAT) is checked when the backend opens: a bucket without `format.json` was written
 before the layout carried one and is format 1; an older layout is brought up to date by the steps in `_UPGRADES`
-(run at open), a newer one is refused (mask_store/versions.py). Readers never write it, so a read-only replica works.
+(run at open, then `format.json` is rewritten, so the next opener finds it done), a newer one is refused
+(mask_store/versions.py). Opening a bucket in the current layout writes nothing, so a read-only replica works; the
+one opener that meets an older layout needs write access, once (no older layout exists yet: 1 is the only one).
 
 Endpoint and credentials come from the usual AWS settings (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ...).
 """

@@ -111,6 +111,21 @@ def test_an_s3_store_from_before_format_json_reads_and_a_push_records_it(s3_stor
     assert store.verify() == []
 
 
+def test_an_older_s3_layout_is_upgraded_once_then_recorded(s3_store_uri, monkeypatch):
+    """A made-up layout 2: its step runs on the version-1 bucket at open, then format.json says 2, so the next
+    opener finds it done."""
+    _upload(s3_store_uri, FIXTURES / "s3-store")
+    Store(s3_store_uri).push(FIXTURES / "tiny.mask", "math")  # a format.json that says 1
+    steps = []
+    monkeypatch.setattr(s3, "STORE_FORMAT", 2)
+    monkeypatch.setitem(s3._UPGRADES, 1, lambda backend: steps.append(backend.uri) or backend)
+    store = Store(s3_store_uri)
+    assert steps == [s3_store_uri] and _format_json(store) == {"format": 2}
+    assert [r.ref for r in store.versions()] == ["math@1", "math@2", "math@3"]
+    Store(s3_store_uri)
+    assert len(steps) == 1
+
+
 def test_a_newer_s3_layout_is_refused(s3_store_uri):
     _upload(s3_store_uri, FIXTURES / "s3-store")
     store = Store(s3_store_uri)
@@ -138,6 +153,25 @@ def test_a_base_id_cache_from_before_versions_reads(tmp_path):
     found = cache.get(Path("/models/tiny/model.safetensors"), SimpleNamespace(st_size=1234, st_mtime_ns=5678))
     assert found == [identity.TensorRecord("lm_head.weight", "F32", (8, 4), "e" * 64)]
     assert _user_version(tmp_path / "base-ids.sqlite") == identity.CACHE_VERSION == 1
+
+
+def test_an_older_base_id_cache_is_upgraded_in_place(tmp_path, monkeypatch):
+    def add_column(db):
+        db.execute(f"ALTER TABLE {_only_table(db)} ADD COLUMN seen_at REAL")
+        return db
+
+    shutil.copy(FIXTURES / "base-ids.sqlite", tmp_path / "base-ids.sqlite")
+    monkeypatch.setattr(identity, "CACHE_VERSION", 2)
+    monkeypatch.setitem(identity._UPGRADES, 1, add_column)
+    cache = identity._Cache(tmp_path / "base-ids.sqlite")
+    found = cache.get(Path("/models/tiny/model.safetensors"), SimpleNamespace(st_size=1234, st_mtime_ns=5678))
+    assert found == [identity.TensorRecord("lm_head.weight", "F32", (8, 4), "e" * 64)]
+    assert _user_version(tmp_path / "base-ids.sqlite") == 2
+
+
+def _only_table(db) -> str:
+    (name,), = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return name
 
 
 def test_a_newer_base_id_cache_is_refused(tmp_path):

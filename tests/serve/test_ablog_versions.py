@@ -32,6 +32,21 @@ def test_a_new_log_records_its_version(tmp_path):
     assert _user_version(tmp_path / "ab.sqlite") == ablog.LOG_VERSION
 
 
+def test_an_older_log_is_upgraded_in_place_and_keeps_its_rows(tmp_path, monkeypatch):
+    """What the next version of the log will do: its step runs once, on the version-1 file, under the lock."""
+    def add_region(db):
+        db.execute("ALTER TABLE requests ADD COLUMN region TEXT")
+        return db
+
+    shutil.copy(FIXTURES / "ab.sqlite", tmp_path / "ab.sqlite")
+    monkeypatch.setattr(ablog, "LOG_VERSION", 2)
+    monkeypatch.setitem(ablog._UPGRADES, 1, add_region)
+    log = ABLog(tmp_path / "ab.sqlite", create=False)
+    assert _user_version(tmp_path / "ab.sqlite") == 2
+    assert "region" in [row[1] for row in sqlite3.connect(tmp_path / "ab.sqlite").execute("PRAGMA table_info(requests)")]
+    assert [a["requests"] for a in report(log, "exp")["arms"]] == [4, 4]
+
+
 def test_a_newer_log_is_refused(tmp_path):
     shutil.copy(FIXTURES / "ab.sqlite", tmp_path / "ab.sqlite")
     db = sqlite3.connect(tmp_path / "ab.sqlite")

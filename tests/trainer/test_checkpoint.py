@@ -23,6 +23,18 @@ def test_a_checkpoint_from_before_versions_resumes(tmp_path):
     assert state.optimizer["state"][0]["step"] == 1
 
 
+def test_an_older_checkpoint_is_upgraded_on_load(tmp_path, monkeypatch):
+    def split_losses(saved):  # a made-up version 2: losses kept per epoch
+        state = dict(saved["state"], losses=[saved["state"]["losses"]])
+        return {**saved, "state": state}
+
+    shutil.copy(FIXTURES / "checkpoint.pt", tmp_path / "run.ckpt")
+    monkeypatch.setattr(checkpoint, "CHECKPOINT_VERSION", 2)
+    monkeypatch.setitem(checkpoint._UPGRADES, 1, split_losses)
+    state = Checkpointing(tmp_path / "run.ckpt", 1, FINGERPRINT).load()
+    assert state.step == 1 and state.losses == [[2.5]]
+
+
 def test_a_saved_checkpoint_records_its_version(tmp_path):
     state = TrainingState(step=2, losses=[1.0, 0.5], scores={"w": torch.zeros(2)}, optimizer={}, schedule={})
     Checkpointing(tmp_path / "run.ckpt", 1, {"seed": 0}).save(state)
