@@ -7,13 +7,13 @@ Pushes --masks random masks (--layers, all projections, 10% removed), starts mas
 then sends the same request stream twice: once with every request on the base model (the baseline), once with each
 request's mask drawn from a Zipf law over the masks (rank k has weight 1/k^s), so a few masks are hot and most are
 cold. Prints throughput (completion tokens / wall seconds) as a ratio to the baseline, p50/p99 time to first token
-for requests whose mask was cold (not among the --slots most recently used masks when the request was sent: an
-LRU estimate from the client's side) and warm, and the loads the server counted (its /metrics) with the evictions
-they imply.
+for requests whose mask was cold (the server loaded it to admit them: their `x-mask-loaded` header) and warm, and
+the loads and evictions the server counted (its /metrics).
 """
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import time
@@ -22,39 +22,30 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from server_overhead import one
 
-
-async def stream(url: str, bodies: list[dict], concurrency: int) -> tuple[float, list[float | None]]:
-    """Send every body with at most `concurrency` in flight; (tokens/s, per-request TTFT)."""
+async def stream(url: str, bodies: list[dict], concurrency: int) -> tuple[float, list[float | None], list[bool]]:
+    """Send every body with at most `concurrency` in flight; (tokens/s, per-request TTFT, per-request cold)."""
     limit = asyncio.Semaphore(concurrency)
     ttft: list[float | None] = [None] * len(bodies)
+    cold = [False] * len(bodies)
     tokens = 0
 
     async def send(i: int, client: httpx.AsyncClient) -> None:
         nonlocal tokens
         async with limit:
-            ttft[i], n = await one(client, url, bodies[i])
-            tokens += n
+            started = time.perf_counter()
+            async with client.stream("POST", f"{url}/v1/completions", json={**bodies[i], "stream": True}) as r:
+                r.raise_for_status()
+                cold[i] = r.headers.get("x-mask-loaded") == "1"
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {") and (json.loads(line[6:]).get("choices") or [{}])[0].get("text"):
+                        ttft[i] = ttft[i] or time.perf_counter() - started
+                        tokens += 1
 
     async with httpx.AsyncClient(timeout=600) as client:
         started = time.perf_counter()
         await asyncio.gather(*(send(i, client) for i in range(len(bodies))))
-        return tokens / (time.perf_counter() - started), ttft
-
-
-def resident_before(masks: list[str | None], slots: int) -> list[bool]:
-    """Whether each request's mask was among the `slots` most recently used when the request was sent (LRU)."""
-    recent: list[str] = []
-    out = []
-    for mask in masks:
-        out.append(mask is None or mask in recent)
-        if mask is not None:
-            if mask in recent:
-                recent.remove(mask)
-            recent.append(mask)
-            del recent[:-slots]
-    return out
+        return tokens / (time.perf_counter() - started), ttft, cold
 
 
 def scrape(url: str, metric: str) -> float:
@@ -113,16 +104,16 @@ def main() -> None:
     try:
         wait_healthy(url, proc, work / "server.log")
         asyncio.run(stream(url, bodies(False, "warmup")[: args.concurrency], args.concurrency))
-        base_tps, base_ttft = asyncio.run(stream(url, bodies(False, "base"), args.concurrency))
-        loads_before = scrape(url, "maskserve_mask_load_seconds_count")
-        mask_tps, mask_ttft = asyncio.run(stream(url, bodies(True, "masks"), args.concurrency))
-        loads = scrape(url, "maskserve_mask_load_seconds_count") - loads_before
+        base_tps, base_ttft, _ = asyncio.run(stream(url, bodies(False, "base"), args.concurrency))
+        counters = ("maskserve_mask_load_seconds_count", "maskserve_mask_evictions_total")
+        before = [scrape(url, c) for c in counters]
+        mask_tps, mask_ttft, loaded = asyncio.run(stream(url, bodies(True, "masks"), args.concurrency))
+        loads, evictions = (scrape(url, c) - b for c, b in zip(counters, before))
     finally:
         stop(proc)
 
-    warm_flags = resident_before(masks, args.slots)
-    cold = [t for t, w in zip(mask_ttft, warm_flags) if not w and t is not None]
-    warm = [t for t, w in zip(mask_ttft, warm_flags) if w and t is not None]
+    cold = [t for t, c in zip(mask_ttft, loaded) if c and t is not None]
+    warm = [t for t, c in zip(mask_ttft, loaded) if not c and t is not None]
     base = [t for t in base_ttft if t is not None]
 
     def pct(values: list[float], q: float) -> str:
@@ -134,9 +125,9 @@ def main() -> None:
           f"Zipf s={args.zipf}: {len(set(masks))} distinct masks requested")
     print(f"throughput: base {base_tps:.1f} tok/s, masks {mask_tps:.1f} tok/s, ratio {mask_tps / base_tps:.3f}")
     print(f"{'TTFT (ms)':<28} {'n':>5} {'p50':>8} {'p99':>8}")
-    for label, values in (("base", base), ("mask, warm", warm), ("mask, cold (LRU estimate)", cold)):
+    for label, values in (("base", base), ("mask, warm", warm), ("mask, cold (loaded for it)", cold)):
         print(f"{label:<28} {len(values):>5} {pct(values, 50)} {pct(values, 99)}")
-    print(f"loads {loads:.0f}, evictions {max(0.0, loads - args.slots):.0f} (every load past the slots evicts one)")
+    print(f"loads {loads:.0f}, evictions {evictions:.0f} (counted by the server)")
 
 
 if __name__ == "__main__":

@@ -132,13 +132,14 @@ class MaskService:
             raise NotFound(str(served))
         return served
 
-    async def admit(self, served: ServedMask) -> None:
-        """Make sure the workers hold the mask and keep it there until `release`: call before submitting."""
+    async def admit(self, served: ServedMask) -> bool:
+        """Make sure the workers hold the mask and keep it there until `release`: call before submitting. True when
+        this admission loaded it (the request pays a cold load)."""
         if self._in_flight[served.digest] and served.digest != self._draining:
             # Resident and spared by any load running now (it was in flight when that load began): no lock, so
             # requests for hot masks never queue behind another mask's load.
             self._in_flight[served.digest] += 1
-            return
+            return False
         deadline = time.monotonic() + self.slot_wait_s
         while True:
             freed = self._slot_freed
@@ -146,9 +147,9 @@ class MaskService:
                 if served.digest != self._draining:
                     spared = bool(self._in_flight)  # requests may finish during the load, never start
                     try:
-                        await self._load(served, pin=False)
+                        report = await self._load(served, pin=False)
                         self._in_flight[served.digest] += 1
-                        return
+                        return report["loaded"]
                     except BankFull:  # every slot is in use: free one for this request
                         if not spared:  # pinned masks hold them all: no request will ever free one
                             raise
@@ -182,6 +183,7 @@ class MaskService:
         """Under `_residency`. Spares every mask with a request in flight."""
         started = time.perf_counter()
         report = await self._rpc("maskserve_load", served.path, pin, sorted(self._in_flight), served.digest)
+        metrics.MASK_EVICTIONS.inc(len(report["evicted"]))
         if report["loaded"]:
             metrics.MASK_LOAD_SECONDS.observe(time.perf_counter() - started)
             self._draining = None  # a slot was found: the waiter it drained for, if any, has it

@@ -14,5 +14,6 @@ LATENCY = Histogram("maskserve_request_seconds", "Request latency, by mask", ["m
 TTFT = Histogram("maskserve_time_to_first_token_seconds", "Streaming time to first token, by mask", ["mask"],
                  buckets=_LATENCY_BUCKETS)
 MASKS_LOADED = Gauge("maskserve_masks_loaded", "Masks loaded into the engine's workers")
+MASK_EVICTIONS = Counter("maskserve_mask_evictions_total", "Masks the workers evicted to make room for a load")
 MASK_LOAD_SECONDS = Histogram("maskserve_mask_load_seconds", "Time to load a mask into the workers",
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))

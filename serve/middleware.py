@@ -121,7 +121,7 @@ class MaskMiddleware:
         try:
             route = await self.route(state, request)
             if route.served is not None:
-                await state.service.admit(route.served)
+                route.loaded = await state.service.admit(route.served)
         except MaskError as e:
             metrics.REQUESTS.labels(mask="unresolved", status=str(e.status)).inc()  # never a client string
             return await error_response(e)(scope, receive, send)
@@ -257,6 +257,8 @@ def _annotate(send: Send, route: Route, outcome: Outcome) -> Send:
             headers["x-mask"] = route.label
             if route.served:
                 headers["x-mask-digest"] = route.served.digest
+            if route.loaded:
+                headers["x-mask-loaded"] = "1"  # this request paid the mask's load (a cold mask)
             if route.experiment:
                 headers["x-mask-experiment"] = route.experiment
                 headers["x-mask-arm"] = route.arm

@@ -45,6 +45,7 @@ class Route:
     arm: str | None = None
     served: ServedMask | None = None  # `ref` resolved, filled in by the middleware
     drop_usage_chunk: bool = False  # we asked vLLM for a usage chunk the client did not ask for
+    loaded: bool = False  # admitting this request loaded its mask into the workers
 
     @property
     def label(self) -> str:

@@ -56,6 +56,22 @@ def test_mask_becomes_xargs_and_cache_salt(server):
     assert [c[0] for c in engine.calls].count("maskserve_load") == 2 and len(engine.loaded) == 1
 
 
+def test_the_request_that_loads_a_mask_says_so_and_evictions_are_counted(store, tmp_path):
+    from prometheus_client import REGISTRY
+
+    def evictions():
+        return REGISTRY.get_sample_value("maskserve_mask_evictions_total") or 0
+
+    app, _ = build(store.uri, BASE_A, tmp_path, capacity=1)
+    before = evictions()
+    with connect(app) as client:
+        first, again = complete(client, mask="math@1"), complete(client, mask="math@1")
+        assert first.headers["x-mask-loaded"] == "1" and "x-mask-loaded" not in again.headers
+        other = complete(client, mask="code")  # one slot: math makes room
+        assert other.headers["x-mask-loaded"] == "1" and evictions() == before + 1
+        assert "x-mask-loaded" not in complete(client).headers
+
+
 def test_no_mask_is_the_base_and_says_so_in_a_header(server):
     """A base response is vLLM's own body, untouched (no `mask` field to add, nothing re-encoded)."""
     client, _, _ = server
