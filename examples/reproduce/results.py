@@ -12,6 +12,8 @@ import json
 import platform
 from pathlib import Path
 
+from runtime.requests import vector_flags
+
 from .budget import layer_spec
 from .table import ablation_table, comparison_lines, main_table
 from .tasks import TASKS
@@ -85,14 +87,24 @@ def collect(pipeline) -> dict:
                              "score": s.get(label), "bytes": size, "seconds": seconds})
     return {"budget": json.loads((out / "budget.json").read_text()), "rows": rows, "ablation": ablation,
             "ablation_fft": scores.get("math", {}).get("fft"), "stage_seconds": pipeline.times,
-            "machine": {"platform": platform.platform(), "python": platform.python_version()}}
+            "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                        "cpu_flags": vector_flags(), "scoring_dtypes": _dtypes(out)}}
+
+
+def _dtypes(out: Path) -> list[str]:
+    """The dtypes the scoring engines ran in (the engine picks the fast one for the CPU unless told)."""
+    found = {json.loads(p.read_text()).get("dtype", "unrecorded")
+             for p in (out / "scores").glob("*.json") if not p.name.endswith(".spec.json")}
+    return sorted(found)
 
 
 def render(results: dict) -> str:
     budget = results["budget"]
     return "\n\n".join([
         "## Main table\n\nExact match on held-out problems, greedy, scored through runtime.Engine (vLLM) like "
-        "mask-eval; Wilson 95% intervals in points.\n\n" + main_table(results, TASKS),
+        "mask-eval; Wilson 95% intervals in points. Scored in "
+        f"{', '.join(results['machine'].get('scoring_dtypes', ['?']))} on a CPU with "
+        f"{results['machine'].get('cpu_flags', '?')}.\n\n" + main_table(results, TASKS),
         "## Differences from FFT (Newcombe 95% intervals, points)\n\n" + comparison_lines(results, TASKS),
         "## Ablation (math, MFT on the FFT model)\n\n" + ablation_table(results),
         "## Budget\n\n```json\n" + json.dumps(budget, indent=2) + "\n```",

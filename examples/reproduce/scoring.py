@@ -45,7 +45,8 @@ def score(spec: dict) -> dict:
             for s in evaluate(engine, problems, subjects, params):
                 results.setdefault(job["task"], {})[s.subject.label] = {
                     **s.summary(), "per_problem": [int(c) for c in s.correct], "sample": list(s.texts[:3])}
-    return {"model": str(model_dir), "results": results, "seconds": round(time.perf_counter() - started, 1)}
+    return {"model": str(model_dir), "dtype": engine.dtype, "results": results,
+            "seconds": round(time.perf_counter() - started, 1)}
 
 
 def main() -> int:
