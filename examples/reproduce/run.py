@@ -175,6 +175,10 @@ class Pipeline:
     def score(self, key: str, model: Path, jobs: list[dict]) -> None:
         spec = {"model": str(model), "max_new_tokens": self.budget.max_new_tokens, "eager": self.eager, "jobs": jobs}
         spec_path, out = self.out / "scores" / f"{key}.spec.json", self.out / "scores" / f"{key}.json"
+        if out.exists() and (not spec_path.exists() or json.loads(spec_path.read_text()) != spec):
+            # scored for other subjects (a run without the ablation, say): its file would hide the missing scores
+            self.console.print(f"[yellow]score {key}: the saved scores are for another plan; scoring again[/yellow]")
+            out.unlink()
 
         def work():
             spec_path.write_text(json.dumps(spec, indent=2))

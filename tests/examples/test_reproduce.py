@@ -114,3 +114,31 @@ def test_training_stages_on_the_tiny_model_then_a_rerun_skips_them(tiny_model, t
     assert " run " not in capsys.readouterr().err  # every stage found its artifact
     assert main([*argv, "--fft-steps", "2"]) == 1  # another budget on the same folder: one clear error
     assert "another budget" in capsys.readouterr().err
+
+
+def test_scores_saved_for_another_plan_are_scored_again(tiny_model, tmp_path, monkeypatch):
+    """A run with --no-ablation, then one with the ablation: the saved fft_math scores lacked the ablation's masks,
+    and the stage was skipped because its file existed, leaving the ablation table empty."""
+    import subprocess
+
+    from examples.reproduce import run as reproduce
+    from examples.reproduce.budget import PRESETS
+
+    scored = []
+
+    def fake_scoring(argv, **kwargs):
+        spec_path, out = argv[-2], argv[-1]
+        scored.append(json.loads(open(spec_path).read()))
+        open(out, "w").write('{"results": {}}')
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(reproduce.subprocess, "run", fake_scoring)
+    (tmp_path / "out" / "scores").mkdir(parents=True)
+    pipeline = reproduce.Pipeline(tmp_path / "out", tiny_model, PRESETS["quick"], ablation=False, eager=True)
+    jobs = [{"task": "math", "data": "d", "subjects": [["fft", None]]}]
+    pipeline.score("fft_math", tiny_model, jobs)
+    pipeline.score("fft_math", tiny_model, jobs)  # same plan: skipped
+    assert len(scored) == 1
+    more = [{**jobs[0], "subjects": [["fft", None], ["mft_fft_r0.05_late", "m.mask"]]}]
+    pipeline.score("fft_math", tiny_model, more)
+    assert len(scored) == 2 and scored[-1]["jobs"] == more
