@@ -9,8 +9,8 @@ reference's: within the engine dtype's tolerance, and by far more than that tole
 
 In fp32 both must match to 2e-3. A 16-bit engine is off from the fp32 reference by its own rounding, which a mask
 that removes a third of layer 0 makes larger (SmolLM2 in bf16 on CPU: 0.22 without the mask, 0.41 with it, against a
-mask effect of 8.6): there the base must match within 0.5 and the masked probe within a tenth of the mask's effect
-(at least 0.5). An engine that serves the base for the mask misses by the whole effect.
+mask effect of 8.6; the tiny test Llama: 0.51 and 0.27 against 7.1): there both must match within a tenth of the
+mask's effect (at least 0.5). An engine that serves the base for the mask misses by the whole effect.
 """
 
 from dataclasses import dataclass
@@ -26,7 +26,7 @@ from .layout import ModelShape
 PROBE_TOKENS = 24
 TOLERANCE = {"float32": 2e-3}  # max |engine - reference| log-prob; other dtypes get DEFAULT_TOLERANCE
 DEFAULT_TOLERANCE = 0.5
-EFFECT_FRACTION = 0.1  # 16-bit: the masked probe may miss by this share of the mask's effect, if that is more
+EFFECT_FRACTION = 0.1  # 16-bit: either probe may miss by this share of the mask's effect, if that is more
 
 
 class CanaryFailed(RuntimeError):
@@ -83,15 +83,15 @@ def check(engine: tuple[np.ndarray, np.ndarray], reference: tuple[np.ndarray, np
     base_err = float(np.abs(engine[0] - reference[0]).max())
     mask_err = float(np.abs(engine[1] - reference[1]).max())
     effect = float(np.abs(reference[1] - reference[0]).max())
-    mask_tol = tol if dtype in TOLERANCE else max(tol, EFFECT_FRACTION * effect)
-    report = {"dtype": dtype, "tolerance": tol, "mask_tolerance": mask_tol, "base_error": base_err,
-              "mask_error": mask_err, "mask_effect": effect}
-    if effect <= 4 * mask_tol:
+    if dtype not in TOLERANCE:  # 16-bit rounding grows with the model's sensitivity, which the effect measures
+        tol = max(tol, EFFECT_FRACTION * effect)
+    report = {"dtype": dtype, "tolerance": tol, "base_error": base_err, "mask_error": mask_err, "mask_effect": effect}
+    if effect <= 4 * tol:
         return {**report, "skipped": "the synthetic mask moves this model too little to test at this dtype"}
-    if base_err > tol or mask_err > mask_tol:
+    if base_err > tol or mask_err > tol:
         raise CanaryFailed(
             f"start-up canary: the engine's log-probs differ from the reference by {mask_err:.4f} under a mask "
-            f"(tolerance {mask_tol:.3g}) and {base_err:.4f} without (tolerance {tol}); the mask moves them by "
+            f"and {base_err:.4f} without (tolerance {tol:.3g}); the mask moves them by "
             f"{effect:.3f}. This vLLM build or "
             f"configuration does not apply masks correctly (maskserve reads vLLM {_vllm_version()} internals); "
             f"refusing to serve.")
