@@ -185,7 +185,7 @@ class Answer:
     done: bool = False  # a stream ended with data: [DONE]
     error: str | None = None
     latency_s: float = 0.0
-    chunk_masks: list = field(default_factory=list)  # the `mask` object of every streamed chunk
+    chunk_masks: list = field(default_factory=list)  # the `mask` object of every streamed chunk (None: absent)
 
     def same_output(self) -> tuple:
         return self.status, self.text, self.token_ids, self.served, self.arm
@@ -235,7 +235,7 @@ async def send(client: httpx.AsyncClient, call: Call, timeout_s: float = 120) ->
                             answer.done = True
                             continue
                         chunk = json.loads(line[6:])
-                        answer.chunk_masks.append(chunk.get("mask", "absent"))
+                        answer.chunk_masks.append(chunk.get("mask"))  # base chunks carry none
                         for choice in chunk.get("choices") or ():
                             _take_choice(answer, choice, call.route)
     except (httpx.HTTPError, ValueError) as e:
