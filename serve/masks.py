@@ -48,7 +48,8 @@ class EngineUnavailable(MaskError):
 
 class MaskService:
     def __init__(self, engine_client, store: Store, model_dir: str, base_id: str, served_name: str,
-                 expected: dict[str, tuple[int, ...]], resolve_ttl_s: float = DEFAULT_RESOLVE_TTL_S, slot_wait_s: float = 30.0,
+                 expected: dict[str, tuple[int, ...]], resolve_ttl_s: float = DEFAULT_RESOLVE_TTL_S,
+                 slot_wait_s: float = 30.0,
                  resolve_cache_size: int = RESOLVE_CACHE_SIZE):
         self.engine = engine_client
         self.store = store

@@ -1,7 +1,8 @@
 """The `mask` field, as ASGI middleware in front of vLLM's own OpenAI server.
 
 On POST /v1/completions and /v1/chat/completions it takes `mask` (or a `model` that names a mask, or `ab:NAME`;
-the decision is serve/routing.py's, from the body alone), resolves it through the store, makes sure the workers hold it, and hands vLLM an ordinary request whose
+the decision is serve/routing.py's, from the body alone), resolves it through the store, makes sure the workers hold
+it, and hands vLLM an ordinary request whose
 `vllm_xargs` carry the digest and whose `cache_salt` starts with it. vLLM parses, templates, schedules and streams
 as it always does. On the way back it marks the response with the mask that served it (`x-mask` header, `mask`
 object in the JSON body or in every streamed chunk), and counts it in the metrics and, for experiments, the A/B log.
@@ -10,9 +11,9 @@ A base request (no mask, no experiment) gets vLLM's response as it was sent, plu
 vLLM's other POST routes (responses, messages, invocations, embeddings, pooling, tokenize, ...) do not apply masks,
 so a JSON body there that asks for one (`mask`, or a `model` that names a mask or an experiment) is refused with 400
 rather than answered by the base model. GET /v1/models gets the masks this base can serve appended to vLLM's list.
-User-supplied `vllm_xargs` keys
-`mask` and `mask_token` (runtime.requests.MASK_XARGS) are dropped here; on vLLM's other routes, which pass `vllm_xargs` through untouched,
-workers ignore them without the server's key (runtime/requests.py).
+User-supplied `vllm_xargs` keys `mask` and `mask_token` (runtime.requests.MASK_XARGS) are dropped here; on vLLM's
+other routes, which pass `vllm_xargs` through untouched, workers ignore them without the server's token
+(runtime/requests.py).
 """
 
 import json

@@ -43,7 +43,8 @@ def test_an_older_log_is_upgraded_in_place_and_keeps_its_rows(tmp_path, monkeypa
     monkeypatch.setitem(ablog._UPGRADES, 1, add_region)
     log = ABLog(tmp_path / "ab.sqlite", create=False)
     assert _user_version(tmp_path / "ab.sqlite") == 2
-    assert "region" in [row[1] for row in sqlite3.connect(tmp_path / "ab.sqlite").execute("PRAGMA table_info(requests)")]
+    columns = sqlite3.connect(tmp_path / "ab.sqlite").execute("PRAGMA table_info(requests)")
+    assert "region" in [row[1] for row in columns]
     assert [a["requests"] for a in report(log, "exp")["arms"]] == [4, 4]
 
 
