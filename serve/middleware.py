@@ -232,8 +232,8 @@ def _observe(send: Send, outcome: Outcome) -> Send:
         elif outcome.status < 400:
             body = message.get("body", b"")
             if outcome.first_token_at is None and body.startswith(b"data: "):
-                for event in body.split(b"\n\n"):  # parsed only until the first token, as _rewrite_event does
-                    _rewrite_event(event, b"", outcome, drop_usage_chunk=False)
+                for event in body.split(b"\n\n"):
+                    _note_event(event, outcome)
             elif b'"completion_tokens"' in body:
                 if found := _COMPLETION_TOKENS.search(body):
                     outcome.completion_tokens = int(found.group(1))
@@ -299,23 +299,34 @@ def _annotate(send: Send, route: Route, outcome: Outcome) -> Send:
 
 
 def _rewrite_event(event: bytes, fields: bytes, outcome: Outcome, drop_usage_chunk: bool) -> bytes | None:
-    """Splice `fields` into an SSE `data: {...}` chunk as bytes (no re-serialization). Chunks are parsed only until
-    the first token (for TTFT) and for the usage chunk, which is dropped when only we asked for it."""
-    if not event.startswith(b"data: {"):
-        return event  # [DONE], comments, keep-alives
-    if outcome.first_token_at is None or b'"completion_tokens"' in event:
-        try:
-            chunk = json.loads(event[6:])
-        except ValueError:
-            return event
-        outcome.response_id = outcome.response_id or chunk.get("id")
-        choices = chunk.get("choices") or []
-        if outcome.first_token_at is None and any(c.get("text") or (c.get("delta") or {}).get("content")
-                                                  for c in choices):
-            outcome.first_token_at = time.perf_counter()
-        usage = chunk.get("usage")
-        if usage and usage.get("completion_tokens") is not None:
-            outcome.completion_tokens = usage["completion_tokens"]
-            if drop_usage_chunk and not choices:
-                return None
+    """Splice `fields` into an SSE `data: {...}` chunk as bytes (no re-serialization); the usage chunk is dropped
+    when only we asked for it."""
+    usage_only = _note_event(event, outcome)
+    if usage_only is None:
+        return event  # [DONE], comments, keep-alives, anything that is not a JSON chunk
+    if usage_only and drop_usage_chunk:
+        return None
     return b"data: {" + fields + (b", " if len(event) > 8 else b"") + event[7:]
+
+
+def _note_event(event: bytes, outcome: Outcome) -> bool | None:
+    """Note what an SSE event says (response id, first token's time, completion tokens), parsing chunks only until
+    the first token and for the usage chunk. Whether it is a usage chunk with no choices; None if not a JSON chunk."""
+    if not event.startswith(b"data: {"):
+        return None
+    if outcome.first_token_at is not None and b'"completion_tokens"' not in event:
+        return False
+    try:
+        chunk = json.loads(event[6:])
+    except ValueError:
+        return None
+    outcome.response_id = outcome.response_id or chunk.get("id")
+    choices = chunk.get("choices") or []
+    if outcome.first_token_at is None and any(c.get("text") or (c.get("delta") or {}).get("content")
+                                              for c in choices):
+        outcome.first_token_at = time.perf_counter()
+    usage = chunk.get("usage")
+    if usage and usage.get("completion_tokens") is not None:
+        outcome.completion_tokens = usage["completion_tokens"]
+        return not choices
+    return False
