@@ -110,19 +110,25 @@ def test_a_tag_moving_under_load_never_mixes_versions(world):
     solo = run_alone(server.url, [Call(r, s, f"moving@{v}", p) for r, s, p in shapes for v in (1, 2)])
     assert all(solo[Call(r, s, "moving@1", p)].token_ids != solo[Call(r, s, "moving@2", p)].token_ids
                for r, s, p in shapes)
-    calls = [Call(r, s, "moving:prod", p) for r, s, p in shapes] * 12
+    wave = [Call(r, s, "moving:prod", p) for r, s, p in shapes] * 4
     done = threading.Event()
 
     def flip():
-        for i in range(1000):  # bounded; ends when the load does
+        for i in range(10_000):  # bounded; ends when the load does
             store.tag(f"moving@{2 - i % 2}", "prod")
-            if done.wait(0.1):  # the flipping period
+            if done.wait(TTL_S / 2):  # the flipping period: each resolution the server reuses may be stale
                 return
 
     flipper = threading.Thread(target=flip)
     flipper.start()
+    calls, answers = [], []
     try:
-        answers = asyncio.run(send_all(server.url, calls, 16))
+        # waves until the server has answered with both versions: a fast machine gets through a wave within one TTL
+        for _ in range(50):
+            calls += wave
+            answers += asyncio.run(send_all(server.url, wave, 16))
+            if {a.served for a in answers} >= {"moving@1", "moving@2"} and len(answers) >= 3 * len(wave):
+                break
     finally:
         done.set()
         flipper.join()
