@@ -1,7 +1,7 @@
 """Many masks through the HTTP server: a large store, Zipf-distributed traffic, more masks than slots.
 
     python bench/many_masks.py [--model DIR] [--masks 1000] [--slots 8] [--requests 400] [--concurrency 16]
-                               [--tokens 16] [--zipf 1.1] [--layers 23-23]
+                               [--tokens 16] [--zipf 1.1] [--layers 23-23] [--work DIR]
 
 Pushes --masks random masks (--layers, all projections, 10% removed), starts mask-serve with --max-masks --slots,
 then sends the same request stream twice: once with every request on the base model (the baseline), once with each
@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--zipf", type=float, default=1.1)
     parser.add_argument("--layers", default="23-23")
     parser.add_argument("--dtype", default=None, help="default: the dtype that is fast on this CPU")
+    parser.add_argument("--work", help="folder for the store and logs, reused across runs (default: a new one)")
     args = parser.parse_args()
 
     from tqdm import tqdm
@@ -77,11 +78,13 @@ def main() -> None:
 
     model = Path(args.model) if args.model else default_model_dir()
     dtype = args.dtype or fast_dtype()
-    work = Path(tempfile.mkdtemp(prefix="bench-many-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-many-"))
     store = Store(work / "store")
+    stored = {r.name for r in store.versions()}
     for i in tqdm(range(args.masks), desc="masks"):
-        save_mask(baseline_mask(model, "random", args.layers, "all", 0.1, seed=i), work / "m.mask")
-        store.push(work / "m.mask", f"task{i}")
+        if f"task{i}" not in stored:  # a --work folder keeps its masks from the last run
+            save_mask(baseline_mask(model, "random", args.layers, "all", 0.1, seed=i), work / "m.mask")
+            store.push(work / "m.mask", f"task{i}")
 
     rng = np.random.default_rng(0)
     weights = 1.0 / np.arange(1, args.masks + 1) ** args.zipf
