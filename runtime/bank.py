@@ -1,9 +1,10 @@
 """The masks a model holds: the one owner of which mask sits in which slot of the SlotTable.
 
-Loading a mask checks its base id (a mask never applies to a base it was not trained on) and that its tensors are
-the model's (names and shapes), decodes it, gathers the weights it removes into one sparse D per layer and writes
-them into a free slot, or into the least recently used slot whose mask is neither pinned nor protected (named by a
-request the engine holds, or one the API side has in flight). Nothing here runs inside a forward pass.
+Loading a mask reads its slot file (slot_files.py: prepared by the API side, which checked the mask's base id and
+tensors, decoded it and gathered the weights it removes into one sparse D per layer), checks that the file's
+matrices fit this rank's layers, and writes them into a free slot, or into the least recently used slot whose mask
+is neither pinned nor protected (named by a request the engine holds, or one the API side has in flight). Nothing
+here runs inside a forward pass.
 """
 
 import time
@@ -14,9 +15,7 @@ from pathlib import Path
 
 import torch
 
-from mask_store.errors import BaseMismatch, CorruptMask, MaskError
-from mask_store.format import read_mask_file
-from mask_store.mask import Mask
+from mask_store.errors import MaskError
 
 from .slots import SlotTable
 
@@ -46,12 +45,11 @@ class MaskInUse(MaskError):
 
 class MaskBank:
     def __init__(self, base_id: str, table: SlotTable, layer_index: dict[str, int],
-                 build: Callable[[Mask], dict[str, torch.Tensor]], check: Callable[[object, str], None]):
+                 read: Callable[[str, str], dict[str, torch.Tensor]]):
         self.base_id = base_id
         self.table = table
         self.layer_index = layer_index  # module name -> its layer in the table
-        self.build = build  # mask -> {module name: CSR D}, see deltas.build_deltas
-        self.check = check  # (mask header, what) -> None, raises if the mask's tensors are not the model's
+        self.read = read  # (slot file, digest) -> {module name: CSR D}, checked: slot_files.read_slot_file
         self.loaded: OrderedDict[str, LoadedMask] = OrderedDict()  # least recently used first
 
     def __contains__(self, digest: str) -> bool:
@@ -63,32 +61,17 @@ class MaskBank:
     def slot_of(self, digest: str) -> int:
         return self.loaded[digest].slot
 
-    def load(self, path: str | Path, pin: bool = False, protect: Iterable[str] = (),
-             digest: str | None = None) -> LoadedMask:
-        """Load the mask file at `path` (a no-op if its digest is loaded; `pin` can only be added).
-
-        `digest`: the mask the caller resolved; a file that holds any other mask is refused, never loaded in its place.
-        """
-        if digest in self.loaded:  # resident (checked against `digest` when it loaded): the file is not read again
+    def load(self, path: str | Path, digest: str, pin: bool = False, protect: Iterable[str] = ()) -> LoadedMask:
+        """Load mask `digest` from its slot file at `path` (a no-op if it is resident; `pin` can only be added)."""
+        if digest in self.loaded:  # resident: the file is not read again
             self.loaded[digest].pinned |= pin
             self.touch([digest])
             return self.loaded[digest]
         started = time.perf_counter()
-        mask_file = read_mask_file(path)
-        if digest is not None and mask_file.digest != digest:
-            raise CorruptMask(f"{path} holds mask {mask_file.digest[:12]}, not the mask {digest[:12]} it was stored as")
-        digest = mask_file.digest
-        if digest in self.loaded:
-            self.loaded[digest].pinned |= pin
-            self.touch([digest])
-            return self.loaded[digest]
-        what = f"mask {digest[:12]}"
-        if mask_file.header.base_id != self.base_id:
-            raise BaseMismatch(what, mask_file.header.base_id, self.base_id)
-        self.check(mask_file.header, what)
-        deltas = {self.layer_index[m]: d for m, d in self.build(mask_file.decode()).items()}
+        deltas = {self.layer_index[m]: d for m, d in self.read(str(path), digest).items()}
+        self.table.check_fits(deltas, f"mask {digest[:12]}")  # before anything is evicted for it
         slot = self._free_slot(set(protect))
-        entries = self.table.write(slot, deltas, what)
+        entries = self.table.write(slot, deltas, f"mask {digest[:12]}")
         entry = LoadedMask(digest, slot, entries, entries * self.table.entry_bytes,
                            1e3 * (time.perf_counter() - started), pin)
         self.loaded[digest] = entry
@@ -123,7 +106,7 @@ class MaskBank:
         return {
             "base_id": self.base_id,
             "slots": self.table.num_slots,
-            "slot_bytes": self.table.config.slot_entries * self.table.entry_bytes,
+            "slot_bytes": self.table.slot_bytes,
             "used_bytes": sum(m.nbytes for m in self.loaded.values()),
             "masks": [
                 {"digest": m.digest, "slot": m.slot, "bytes": m.nbytes, "pinned": m.pinned,

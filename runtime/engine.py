@@ -18,6 +18,7 @@ from transformers import AutoConfig
 from vllm import LLM, SamplingParams
 
 from mask_store.default_model import default_model_dir
+from mask_store.errors import MaskError
 from mask_store.identity import base_id
 from mask_store.store import Store
 
@@ -25,7 +26,8 @@ from . import canary, vllm_compat
 from .layout import ModelShape
 from mask_store.logs import get_logger
 from .requests import DEFAULT_MASK_MEMORY, DEFAULT_MAX_MASKS, ServedMask, default_engine_args, first_result, \
-    new_mask_key, resolve
+    new_mask_key, per_item, resolve
+from .slot_files import SLOT_FILE_BUDGET_FACTOR, SlotFiles, SlotPlan
 
 logger = get_logger("engine")
 
@@ -46,14 +48,27 @@ class Engine:
         self.dtype = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
         logger.info("serving in %s%s", self.dtype, "" if "dtype" in engine_args else " (fastest on this machine)")
         self._key = new_mask_key()
-        first_result(self.llm.collective_rpc("maskserve_setup", args=(str(self.model_dir), self.base_id, self._key)))
+        report = first_result(self.llm.collective_rpc("maskserve_setup", args=(self.base_id, self._key)))
+        self.slot_files = SlotFiles(SlotPlan.from_report(report["plan"]), self.model_dir,
+                                    SLOT_FILE_BUDGET_FACTOR * report["memory_bytes"])
         self.canary = self._canary() if run_canary else None
 
     def load(self, ref: str, pin: bool = False, protect: Sequence[str] = ()) -> ServedMask:
         """Resolve REF and make sure every worker holds it, sparing the masks in `protect` (digests)."""
         served = resolve(self.store, ref, self.base_id, self.expected)
-        first_result(self.llm.collective_rpc("maskserve_load", args=(served.path, pin, list(protect), served.digest)))
+        self._load(served, pin, protect)
         return served
+
+    def _load(self, served: ServedMask, pin: bool = False, protect: Sequence[str] = ()) -> dict:
+        path = self.slot_files.acquire(served.path, served.digest)
+        try:
+            results = self.llm.collective_rpc("maskserve_load", args=([(str(path), served.digest, pin)], list(protect)))
+            (report,) = per_item(results, "loads")
+            if isinstance(report, MaskError):
+                raise report
+            return report
+        finally:
+            self.slot_files.release(served.digest)
 
     def unload(self, ref: str) -> bool:
         served = resolve(self.store, ref, self.base_id, self.expected)
@@ -109,9 +124,8 @@ class Engine:
     def _canary(self) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             probe = canary.make_probe(self.config, self.base_id, Path(tmp))
-            first_result(self.llm.collective_rpc("maskserve_load",
-                                                 args=(str(probe.mask_path), False, [], probe.digest)))
             served = {"canary": ServedMask("canary", 0, probe.digest, str(probe.mask_path))}
+            self._load(served["canary"])
             try:
                 got = self.prompt_logprobs([probe.token_ids] * 2, [None, "canary"], _served=served)
             finally:

@@ -14,15 +14,16 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mask_store.errors import BaseMismatch, MaskError
-from mask_store.format import load_mask
+from mask_store.format import load_mask, read_mask_file
 from mask_store.identity import base_id
 from mask_store.mask import Mask
 from mask_store.projections import HF_PROJECTIONS
 
-from .bank import MaskBank
+from .bank import LoadedMask, MaskBank
 from .deltas import CheckpointReader, build_deltas
-from .layout import check_mask_tensors, hf_placement
+from .layout import hf_placement
 from .masked_linear import swap_linears
+from .slot_files import checked_mask
 from .slots import SlotConfig, SlotTable
 
 
@@ -84,11 +85,16 @@ class HFMaskedModel:
         reader = CheckpointReader(model_dir)
         shapes = {n: (m.base.out_features, m.base.in_features) for n, m in layers.items()}
         expected = {f"{n}.weight": shape for n, shape in shapes.items()}
-        self.bank = MaskBank(
-            base_id(model_dir), self.table, {n: i for i, n in enumerate(names)},
-            lambda mask: build_deltas(mask, reader, hf_placement, shapes),
-            lambda header, what: check_mask_tensors(header.tensors, expected, what),
-        )
+        served = base_id(model_dir)
+
+        def read(path: str, digest: str) -> dict[str, torch.Tensor]:  # what a slot file holds, built in place
+            return build_deltas(checked_mask(path, digest, served, expected), reader, hf_placement, shapes)
+
+        self.bank = MaskBank(served, self.table, {n: i for i, n in enumerate(names)}, read)
+
+    def load(self, path: str | Path, pin: bool = False, protect=(), digest: str | None = None) -> LoadedMask:
+        """Load the mask file at `path`; `digest`: the mask it must hold (default: whichever it holds)."""
+        return self.bank.load(path, digest or read_mask_file(path).digest, pin, protect)
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, row_digests: list[str | None]) -> torch.Tensor:

@@ -90,6 +90,19 @@ def first_result(results: list[dict]) -> dict:
     return results[0]
 
 
+def per_item(results: list[dict], key: str) -> list[dict | MaskError]:
+    """A batched RPC's answers (every worker's `key`, a list of reports): for each item, rank 0's report, or the
+    error the first worker that failed it reports. A worker that failed the whole call raises, as first_result."""
+    first_result(results)
+    out = []
+    for reports in zip(*(result[key] for result in results)):
+        try:
+            out.append(first_result(list(reports)))
+        except MaskError as e:
+            out.append(e)
+    return out
+
+
 def _rebuild(kind: str, message: str) -> MaskError:
     """An error a worker reported as (class name, message), raised again here as its own class."""
     classes = {cls.__name__: cls for cls in _all_subclasses(MaskError)}

@@ -90,17 +90,27 @@ class SlotTable:
     def entry_bytes(self) -> int:
         return self.config.layout.entry_bytes
 
+    @property
+    def slot_bytes(self) -> int:
+        """Of one slot's pool."""
+        return self.config.slot_entries * self.entry_bytes
+
     def correct(self, y: torch.Tensor, x: torch.Tensor, layer: int) -> None:
         """y (T, out) -= per row, x (T, in) @ D^T of the row's slot for layer `layer`: the op every masked layer runs."""
         torch.ops.maskserve.masked_correction(y, x, self.token_slots, self.crow[layer], self.seg[layer], self.cols,
                                               self.vals, self.layer_ids[layer])
 
-    def write(self, slot: int, deltas: dict[int, torch.Tensor], what: str) -> int:
-        """Write one mask (layer index -> CSR D, on CPU) into `slot`, in place; returns the entries it uses."""
+    def check_fits(self, deltas: dict[int, torch.Tensor], what: str) -> int:
+        """The entries a mask (layer index -> CSR D) needs; MaskTooLarge if one slot cannot hold them."""
         total = sum(int(d.values().numel()) for d in deltas.values())
         if total > self.config.slot_entries:
             raise MaskTooLarge(f"{what} removes {total:,} weights; a slot holds {self.config.slot_entries:,} "
                                f"(raise the mask memory or lower the number of slots)")
+        return total
+
+    def write(self, slot: int, deltas: dict[int, torch.Tensor], what: str) -> int:
+        """Write one mask (layer index -> CSR D, on CPU) into `slot`, in place; returns the entries it uses."""
+        total = self.check_fits(deltas, what)
         self.clear(slot)
         offset = 0
         for layer in sorted(deltas):

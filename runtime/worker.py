@@ -5,9 +5,11 @@ vLLM mixes this class into its worker when started with `worker_extension_cls="r
 side calls the `maskserve_*` methods with `collective_rpc` (named methods: no insecure serialization needed):
 
 - `maskserve_setup` checks that the engine runs a configuration masks are served correctly under (vllm_compat.py),
-  creates the bank over the loader's slots and binds the step router to the runner;
+  creates the bank over the loader's slots, binds the step router to the runner, and reports its SlotPlan: what
+  the API side prepares slot files for (slot_files.py);
 - `maskserve_load` / `maskserve_unload` write and clear slots, between steps, never inside a forward pass. A load
-  spares every mask a request the runner holds names, and every mask in `protect` (requests the API has in flight).
+  copies a slot file the API side prepared, and spares every mask a request the runner holds names, and every mask
+  in `protect` (requests the API has in flight).
 
 Each step, before the forward, the router gives every row the slot of its request's mask (-1: base). Only requests
 whose `mask_token` matches the setup key count (requests.py). A matching request whose mask is not resident is a
@@ -23,17 +25,18 @@ from mask_store.errors import MaskError
 
 from . import loader  # noqa: F401  registers load_format="maskserve" in this worker process
 from . import vllm_compat
-from .bank import MaskBank
-from .deltas import CheckpointReader, build_deltas
-from .layout import ModelShape, check_mask_tensors, vllm_placement
 from mask_store.logs import get_logger
+
+from .bank import MaskBank
+from .layout import ModelShape
 from .requests import token_matches
+from .slot_files import SlotPlan, read_slot_file
 
 logger = get_logger("worker")
 
 
 class MaskWorkerExtension:
-    def maskserve_setup(self, model_dir: str, base_id: str, key: str) -> dict:
+    def maskserve_setup(self, base_id: str, key: str) -> dict:
         runner = self.model_runner
         try:
             vllm_compat.check_supported(runner, self.vllm_config)
@@ -44,36 +47,37 @@ class MaskWorkerExtension:
             return {"error": "the model was not loaded with load_format='maskserve' (runtime.requests."
                              "default_engine_args sets it)", "kind": "MaskError"}
         tp_rank, tp_size = get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size()
-        shape = ModelShape.from_config(self.model_config.hf_config)
-        expected = shape.hf_shapes()
-        reader = CheckpointReader(model_dir)
         layers = dict(vllm_compat.masked_layers(runner.model))
-        shapes = {n: vllm_compat.local_shape(layers[n]) for n in installed.names}
-
-        def build(mask):
-            return build_deltas(mask, reader, lambda n, _s: vllm_placement(n, shape, tp_rank, tp_size), shapes)
-
+        plan = SlotPlan(base_id, tuple(installed.names),
+                        tuple(vllm_compat.local_shape(layers[n]) for n in installed.names), tp_size,
+                        ModelShape.from_config(self.model_config.hf_config))
         self._maskserve_bank = MaskBank(base_id, installed.table, {n: i for i, n in enumerate(installed.names)},
-                                        build, lambda header, what: check_mask_tensors(header.tensors, expected, what))
+                                        lambda path, digest: read_slot_file(path, digest, plan, tp_rank))
         self._maskserve_key = key
         installed.router.route_step = self._maskserve_route
-        return {"layers": len(installed.names), "slots": installed.table.num_slots}
+        return {"layers": len(installed.names), "slots": installed.table.num_slots, "plan": plan.report(),
+                "memory_bytes": installed.table.num_slots * installed.table.slot_bytes}
 
-    def maskserve_load(self, path: str, pin: bool = False, protect: list[str] = (), digest: str | None = None) -> dict:
-        """Load a mask unless it is resident (idempotent: the API side asks before every request it admits and keeps
-        no record of its own); the report says whether this call loaded it and which masks it evicted.
+    def maskserve_load(self, items: list[tuple[str, str, bool]], protect: list[str] = ()) -> dict:
+        """Load masks, each (slot file, digest, pin), in order, unless resident (idempotent: the API side asks before
+        every request it admits and keeps no record of its own). No load evicts another of the same call. One report
+        per item, under "loads": whether the call loaded it and which masks it evicted, or the error.
 
-        Errors come back in the report: this runs in the engine's process, which must outlive any one bad mask."""
+        Errors come back in the reports: this runs in the engine's process, which must outlive any one bad mask."""
+        spare = {*protect, *self._maskserve_held(), *(digest for _, digest, _ in items)}
+        return {"loads": [self._maskserve_load_one(path, digest, pin, spare) for path, digest, pin in items]}
+
+    def _maskserve_load_one(self, path: str, digest: str, pin: bool, spare: set[str]) -> dict:
         bank = self._maskserve_bank
         before = set(bank.loaded)
         try:
-            entry = bank.load(path, pin=pin, protect={*protect, *self._maskserve_held()}, digest=digest)
+            entry = bank.load(path, digest, pin=pin, protect=spare)
         except MaskError as e:
             return {"error": str(e), "status": e.status, "kind": type(e).__name__}
         except Exception as e:  # a bug or an unreadable file: fail this load, keep serving the others
             logger.exception("loading mask %s from %s failed", digest, path)
-            return {"error": f"loading mask {path} failed: {type(e).__name__}: {e}", "status": 500,
-                    "kind": "MaskError"}
+            return {"error": f"loading mask {digest[:12]} from {path} failed: {type(e).__name__}: {e}",
+                    "status": 500, "kind": "MaskError"}
         return {"digest": entry.digest, "slot": entry.slot, "bytes": entry.nbytes, "load_ms": entry.load_ms,
                 "pinned": entry.pinned, "loaded": entry.digest not in before,
                 "evicted": sorted(before - set(bank.loaded)), "resident": len(bank.loaded)}

@@ -6,27 +6,34 @@ is served within that time, with no restart. The cache is keyed on the REF's can
 REF longer than any valid one is refused), and holds at most `resolve_cache_size` entries, least recently used out.
 Residency: the workers' bank owns the slots, and is the only record of which masks are loaded. Before a request for
 a mask goes to the engine, an idempotent load RPC makes sure the workers hold it (a resident mask costs a dictionary
-lookup there; its file is not read again); nothing is loaded inside the forward pass. Every load spares the masks of requests in flight here (`admit` ...
-`release`), so a mask is never evicted between the moment a request is admitted and the moment the engine holds
-it. Loads run one at a time, and admission decides under the same lock, against a settled view of the slots, except
-for a mask that already has requests in flight: every running load spares it, so it is admitted at once. When
-every slot holds a mask in flight, a request for another mask waits (as vLLM's scheduler holds LoRA requests for a
-free adapter slot), up to `slot_wait_s`, and only then fails with BankFull (retryable). So that hot masks cannot keep
-every slot busy forever, a waiting request drains one slot: the resident mask with the fewest requests in flight
-admits no new ones until it empties, and the waiter takes its slot. Only that mask's new requests queue behind the
-waiter.
+lookup there; its file is not read again); nothing is loaded inside the forward pass. The heavy part of a load
+(checking, decoding and gathering the mask into its slot file, runtime/slot_files.py) runs here on a thread, before
+any lock, so cold masks prepare side by side while the engine decodes; the RPC only copies the file into a slot.
+Loads are batched: the engine answers an RPC between two steps, so every load waiting when one ends goes in the next
+RPC, and the masks queued behind a load cost one step between them, not one each. Every load spares the masks of
+requests in flight here (`admit` ... `release`) and the other masks of its batch, so a mask is never evicted between
+the moment a request is admitted and the moment the engine holds it. A mask that already has requests in flight is
+admitted at once, with no RPC: every running load spares it. When every slot holds a mask in flight, a request for
+another mask waits (as vLLM's scheduler holds LoRA requests for a free adapter slot), up to `slot_wait_s`, and only
+then fails with BankFull (retryable). So that hot masks cannot keep every slot busy forever, a waiting request
+drains one slot: the resident mask with the fewest requests in flight admits no new ones until it empties, and the
+waiter takes its slot. Only that mask's new requests queue behind the waiter.
 """
 
 import asyncio
 import time
 from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from mask_store.errors import MaskError, NotFound
 from mask_store.store import Store
 from runtime import canary
 from runtime.bank import BankFull
 from mask_store.logs import get_logger
-from runtime.requests import ServedMask, first_result, new_mask_key, resolve
+from runtime.requests import ServedMask, first_result, new_mask_key, per_item, resolve
+from runtime.slot_files import SLOT_FILE_BUDGET_FACTOR, SlotFiles, SlotPlan
 
 from . import metrics
 from .protocol import check_ref
@@ -46,6 +53,17 @@ class EngineUnavailable(MaskError):
     status = 503
 
 
+@dataclass
+class _Load:
+    """A load waiting for the next batch; `done` gets its report."""
+
+    served: ServedMask
+    path: str  # its slot file
+    pin: bool
+    admit: bool  # for a request: counted in flight once loaded, and may wait for a slot instead of failing
+    done: asyncio.Future | None = None
+
+
 class MaskService:
     def __init__(self, engine_client, store: Store, model_dir: str, base_id: str, served_name: str,
                  expected: dict[str, tuple[int, ...]], resolve_ttl_s: float = DEFAULT_RESOLVE_TTL_S,
@@ -63,7 +81,8 @@ class MaskService:
         # is not looked up in the store on every request either
         self._resolved: OrderedDict[str, tuple[float, ServedMask | NotFound]] = OrderedDict()
         self._listing: tuple[float, dict] | None = None  # (at, name -> newest record) for /v1/models
-        self._residency = asyncio.Lock()  # held while a load runs and while admission decides
+        self._residency = asyncio.Lock()  # held while a batch of loads runs
+        self._waiting: list[_Load] = []  # loads the next batch takes
         self._in_flight: Counter[str] = Counter()  # digest -> requests admitted and not yet finished
         self._slot_freed = asyncio.Event()  # set, then replaced, whenever a mask's last request in flight ends
         self._draining: str | None = None  # a resident mask admitting no new requests, to free its slot for a waiter
@@ -71,15 +90,20 @@ class MaskService:
         self.key = new_mask_key()  # per-digest tokens and cache salts derive from it; see runtime/requests.py
 
     async def _rpc(self, method: str, *args) -> dict:
-        """Bounded, so a request never waits forever on an engine that stopped (it would also hold up shutdown)."""
+        return first_result(await self._rpc_all(method, *args))
+
+    async def _rpc_all(self, method: str, *args) -> list[dict]:
+        """Every worker's answer. Bounded, so a request never waits forever on an engine that stopped (it would also
+        hold up shutdown)."""
         try:
-            results = await asyncio.wait_for(self.engine.collective_rpc(method, args=args), RPC_TIMEOUT_S)
+            return await asyncio.wait_for(self.engine.collective_rpc(method, args=args), RPC_TIMEOUT_S)
         except TimeoutError:
             raise EngineUnavailable(f"the engine did not answer {method} in {RPC_TIMEOUT_S:g} s") from None
-        return first_result(results)
 
     async def setup(self) -> None:
-        await self._rpc("maskserve_setup", self.model_dir, self.base_id, self.key)
+        report = await self._rpc("maskserve_setup", self.base_id, self.key)
+        self.slot_files = SlotFiles(SlotPlan.from_report(report["plan"]), self.model_dir,
+                                    SLOT_FILE_BUDGET_FACTOR * report["memory_bytes"])
 
     async def run_canary(self, config, dtype: str, generate) -> dict:
         """The start-up canary (runtime/canary.py) through the engine client; raises CanaryFailed on a mismatch.
@@ -91,7 +115,8 @@ class MaskService:
         with tempfile.TemporaryDirectory() as tmp:
             probe = canary.make_probe(config, self.base_id, Path(tmp))
             served = ServedMask("canary", 0, probe.digest, str(probe.mask_path))
-            await self._rpc("maskserve_load", served.path, False, [], served.digest)
+            async with self._slot_file(served) as path:
+                await self._commit(_Load(served, path, pin=False, admit=False))
             try:
                 got = (await generate(probe.token_ids, None), await generate(probe.token_ids, served))
             finally:
@@ -142,26 +167,62 @@ class MaskService:
             self._in_flight[served.digest] += 1
             return False
         deadline = time.monotonic() + self.slot_wait_s
-        while True:
-            freed = self._slot_freed
-            async with self._residency:  # one load at a time: every decision sees a settled bank
+        async with self._slot_file(served) as path:  # prepared before any lock: cold masks prepare side by side
+            while True:
+                freed = self._slot_freed
                 if served.digest != self._draining:
-                    spared = bool(self._in_flight)  # requests may finish during the load, never start
-                    try:
-                        report = await self._load(served, pin=False)
-                        self._in_flight[served.digest] += 1
+                    report = await self._commit(_Load(served, path, pin=False, admit=True))
+                    if report is not None:
                         return report["loaded"]
-                    except BankFull:  # every slot is in use: free one for this request
-                        if not spared:  # pinned masks hold them all: no request will ever free one
-                            raise
-                        self._drain_one()
-                        logger.info("every mask slot is in use: %s waits; %s admits no new requests until it drains",
-                                    _label(served), self._draining)
-            try:  # outside the lock: releases and other masks' admissions go on
-                await asyncio.wait_for(freed.wait(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                logger.warning("%s waited %g s for a mask slot and was refused (503)", _label(served), self.slot_wait_s)
-                raise BankFull(f"all mask slots stayed in use for {self.slot_wait_s:g} s; retry later") from None
+                try:  # no slot yet: releases and other masks' admissions go on
+                    await asyncio.wait_for(freed.wait(), max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    logger.warning("%s waited %g s for a mask slot and was refused (503)", _label(served),
+                                   self.slot_wait_s)
+                    raise BankFull(f"all mask slots stayed in use for {self.slot_wait_s:g} s; retry later") from None
+
+    async def _commit(self, load: "_Load") -> dict | None:
+        """Load through the next batch: whoever takes `_residency` next loads every mask waiting for it in one RPC,
+        so cold masks cost one engine step between them, not one each. The load's report; None for an admission
+        that must wait for a slot."""
+        load.done = asyncio.get_running_loop().create_future()
+        self._waiting.append(load)
+        async with self._residency:  # one batch at a time: every decision sees a settled bank
+            if not load.done.done():
+                batch, self._waiting = self._waiting, []
+                await self._load_batch(batch)
+        return load.done.result()
+
+    async def _load_batch(self, batch: list["_Load"]) -> None:
+        """Under `_residency`. Spares every mask with a request in flight, and every mask of the batch."""
+        for load in batch:
+            if load.admit and load.served.digest == self._draining:  # it admits no new requests until it drains
+                load.done.set_result(None)
+        batch = [load for load in batch if not load.done.done()]
+        spared = bool(self._in_flight)  # requests may finish during the load, never start
+        started = time.perf_counter()
+        try:
+            results = await self._rpc_all("maskserve_load", [(load.path, load.served.digest, load.pin)
+                                                              for load in batch], sorted(self._in_flight))
+            reports = per_item(results, "loads")
+        except MaskError as e:  # the engine did not answer: every load of the batch fails with it
+            for load in batch:
+                load.done.set_exception(e)
+            return
+        elapsed = time.perf_counter() - started
+        for load, report in zip(batch, reports):
+            if isinstance(report, BankFull) and load.admit and spared:  # free a slot for this request
+                self._drain_one()
+                logger.info("every mask slot is in use: %s waits; %s admits no new requests until it drains",
+                            _label(load.served), self._draining)
+                load.done.set_result(None)
+            elif isinstance(report, MaskError):
+                load.done.set_exception(report)
+            else:
+                self._loaded(load.served, report, elapsed)
+                if load.admit:
+                    self._in_flight[load.served.digest] += 1
+                load.done.set_result(report)
 
     def _drain_one(self) -> None:
         """Masks in flight are resident (every load spares them): drain the one with the fewest requests."""
@@ -177,21 +238,27 @@ class MaskService:
 
     async def ensure_loaded(self, served: ServedMask, pin: bool = False) -> dict:
         """Load into every worker unless already there (or add a pin); the report says whether this call loaded."""
-        async with self._residency:
-            return await self._load(served, pin)
+        async with self._slot_file(served) as path:
+            return await self._commit(_Load(served, path, pin, admit=False))
 
-    async def _load(self, served: ServedMask, pin: bool) -> dict:
-        """Under `_residency`. Spares every mask with a request in flight."""
-        started = time.perf_counter()
-        report = await self._rpc("maskserve_load", served.path, pin, sorted(self._in_flight), served.digest)
+    @asynccontextmanager
+    async def _slot_file(self, served: ServedMask) -> AsyncIterator[str]:
+        """The mask's slot file (slot_files.py), prepared on a thread unless it exists, kept while the block runs."""
+        path = self.slot_files.acquire_ready(served.digest) or \
+            await asyncio.to_thread(self.slot_files.acquire, served.path, served.digest)
+        try:
+            yield str(path)
+        finally:
+            self.slot_files.release(served.digest)
+
+    def _loaded(self, served: ServedMask, report: dict, elapsed_s: float) -> None:
         metrics.MASK_EVICTIONS.inc(len(report["evicted"]))
         if report["loaded"]:
-            metrics.MASK_LOAD_SECONDS.observe(time.perf_counter() - started)
+            metrics.MASK_LOAD_SECONDS.observe(elapsed_s)
             self._draining = None  # a slot was found: the waiter it drained for, if any, has it
-            logger.info("loaded %s in %.0f ms (%d resident%s)", _label(served), 1e3 * (time.perf_counter() - started),
-                        report["resident"], f"; evicted {', '.join(report['evicted'])}" if report["evicted"] else "")
+            logger.info("loaded %s in %.0f ms (%d resident%s)", _label(served), 1e3 * elapsed_s, report["resident"],
+                        f"; evicted {', '.join(report['evicted'])}" if report["evicted"] else "")
         metrics.MASKS_LOADED.set(report["resident"])
-        return report
 
     async def unload(self, ref: str) -> bool:
         served = await self.resolve(ref)

@@ -23,50 +23,51 @@ def paths(tiny_model, tmp_path_factory):
     return [make_mask(tiny_model, out / f"{i}.mask", 0.2, "0-1", "all", seed=i) for i in range(4)]
 
 
-def _bank(tiny_model, slots, budget=1 << 26):
-    return HFMaskedModel(tiny_model, max_masks=slots, budget_bytes=budget).bank
+def _model(tiny_model, slots, budget=1 << 26):
+    """The reference's bank, loading mask files as it does (`load`: the file's digest unless told)."""
+    return HFMaskedModel(tiny_model, max_masks=slots, budget_bytes=budget)
 
 
 def test_lru_eviction_over_slots(tiny_model, paths):
-    bank = _bank(tiny_model, 2)
-    a, b = bank.load(paths[0]).digest, bank.load(paths[1]).digest
-    bank.touch([a])  # b is now the least recently used
-    c = bank.load(paths[2])
-    assert set(bank.loaded) == {a, c.digest}
+    model = _model(tiny_model, 2)
+    a, b = model.load(paths[0]).digest, model.load(paths[1]).digest
+    model.bank.touch([a])  # b is now the least recently used
+    c = model.load(paths[2])
+    assert set(model.bank.loaded) == {a, c.digest}
     assert c.slot == 1  # written in place into b's slot
     # Unloading clears the slot in every layer.
-    slot = bank.slot_of(a)
-    assert bank.unload(a) and all(int(crow[slot].abs().sum()) == 0 for crow in bank.table.crow)
+    slot = model.bank.slot_of(a)
+    assert model.bank.unload(a) and all(int(crow[slot].abs().sum()) == 0 for crow in model.bank.table.crow)
 
 
 def test_pinned_and_protected_masks_are_not_evicted(tiny_model, paths):
-    bank = _bank(tiny_model, 2)
-    a = bank.load(paths[0], pin=True).digest
-    b = bank.load(paths[1]).digest
+    model = _model(tiny_model, 2)
+    a = model.load(paths[0], pin=True).digest
+    b = model.load(paths[1]).digest
     with pytest.raises(BankFull, match="pinned masks or masks in use"):
-        bank.load(paths[2], protect=[b])
-    c = bank.load(paths[2]).digest
-    assert set(bank.loaded) == {a, c}
+        model.load(paths[2], protect=[b])
+    c = model.load(paths[2]).digest
+    assert set(model.bank.loaded) == {a, c}
 
 
 def test_a_mask_larger_than_a_slot_is_refused(tiny_model, paths):
-    bank = _bank(tiny_model, 2, budget=1000)
+    model = _model(tiny_model, 2, budget=1000)
     with pytest.raises(MaskTooLarge, match="a slot holds"):
-        bank.load(paths[0])
-    assert len(bank) == 0
+        model.load(paths[0])
+    assert len(model.bank) == 0
 
 
 def test_mask_for_another_base_is_refused(tiny_model, tmp_path, paths):
     other = make_tiny_model(tmp_path / "other", seed=1)
-    bank = HFMaskedModel(other).bank
+    model = HFMaskedModel(other)
     with pytest.raises(BaseMismatch):
-        bank.load(paths[0])
-    assert len(bank) == 0
+        model.load(paths[0])
+    assert len(model.bank) == 0
 
 
 def test_mask_whose_tensors_are_not_the_models_is_refused(tiny_model, tmp_path, paths):
     """Same base id, other names or shapes (a same-size wrong shape used to load silently): never decoded."""
-    bank = _bank(tiny_model, 2)
+    model = _model(tiny_model, 2)
     mask = load_mask(paths[0])
     name, tensor = next(iter(mask.tensors.items()))
     cases = {
@@ -78,15 +79,15 @@ def test_mask_whose_tensors_are_not_the_models_is_refused(tiny_model, tmp_path, 
         path = tmp_path / f"{case.replace(' ', '_')}.mask"
         save_mask(replace(mask, tensors=tensors), path)
         with pytest.raises(IncompatibleMask):
-            bank.load(path)
-    assert len(bank) == 0
+            model.load(path)
+    assert len(model.bank) == 0
 
 
 def test_loading_twice_is_a_no_op(tiny_model, paths):
-    bank = _bank(tiny_model, 2)
-    first = bank.load(paths[0])
-    assert bank.load(paths[0], pin=True) is first and first.pinned
-    assert np.count_nonzero([m.pinned for m in bank.loaded.values()]) == 1
+    model = _model(tiny_model, 2)
+    first = model.load(paths[0])
+    assert model.load(paths[0], pin=True) is first and first.pinned
+    assert np.count_nonzero([m.pinned for m in model.bank.loaded.values()]) == 1
 
 
 def test_asking_for_a_resident_mask_by_digest_reads_no_file(tiny_model, paths, tmp_path):
@@ -95,11 +96,11 @@ def test_asking_for_a_resident_mask_by_digest_reads_no_file(tiny_model, paths, t
 
     from mask_store.format import read_mask_file
 
-    bank = _bank(tiny_model, 2)
+    model = _model(tiny_model, 2)
     copy = shutil.copy(paths[0], tmp_path / "copy.mask")
-    first = bank.load(copy, digest=read_mask_file(copy).digest)
+    first = model.load(copy, digest=read_mask_file(copy).digest)
     Path(copy).unlink()  # gc may remove a blob while its mask is resident
-    assert bank.load(copy, digest=first.digest) is first
+    assert model.load(copy, digest=first.digest) is first
 
 
 def test_a_file_holding_another_mask_is_refused(tiny_model, paths):
@@ -107,19 +108,19 @@ def test_a_file_holding_another_mask_is_refused(tiny_model, paths):
     from mask_store.errors import CorruptMask
     from mask_store.format import read_mask_file
 
-    bank = _bank(tiny_model, 2)
+    model = _model(tiny_model, 2)
     wanted = read_mask_file(paths[0]).digest
     with pytest.raises(CorruptMask, match="holds mask"):
-        bank.load(paths[1], digest=wanted)
-    assert len(bank) == 0
-    assert bank.load(paths[0], digest=wanted).digest == wanted
+        model.load(paths[1], digest=wanted)
+    assert len(model.bank) == 0
+    assert model.load(paths[0], digest=wanted).digest == wanted
 
 
 def test_a_mask_in_use_is_not_unloaded(tiny_model, paths):
     from runtime.bank import MaskInUse
 
-    bank = _bank(tiny_model, 2)
-    a = bank.load(paths[0]).digest
+    model = _model(tiny_model, 2)
+    a = model.load(paths[0]).digest
     with pytest.raises(MaskInUse, match="in use"):
-        bank.unload(a, protect=[a])
-    assert a in bank and bank.unload(a) and a not in bank
+        model.bank.unload(a, protect=[a])
+    assert a in model.bank and model.bank.unload(a) and a not in model.bank

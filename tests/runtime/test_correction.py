@@ -102,7 +102,7 @@ def test_compiled_once_then_replayed_under_other_mappings_matches_the_oracle(tin
     its own mask's materialized model. A module that branched on per-step Python state would replay the base."""
     paths = [make_mask(tiny_model, tmp_path / f"{i}.mask", 0.3, "0-3", "all", seed=i) for i in range(2)]
     served = HFMaskedModel(tiny_model, max_masks=2)
-    digests = [served.bank.load(p).digest for p in paths]
+    digests = [served.load(p).digest for p in paths]
     ids = torch.randint(0, 256, (3, 9), generator=torch.Generator().manual_seed(0))
     expected = {}
     for i, path in enumerate([None, *paths]):

@@ -48,7 +48,7 @@ def test_masks_change_the_model(oracle_logits, masks):
 def test_mixed_batch_matches_each_rows_materialized_model(tiny_model, masks, oracle_logits):
     ids, expected = oracle_logits
     served = HFMaskedModel(tiny_model, max_masks=len(masks))
-    digests = {path: served.bank.load(path).digest for path in masks}
+    digests = {path: served.load(path).digest for path in masks}
     rng = np.random.default_rng(0)
     for _ in range(4):
         choice = [masks[i] if i < len(masks) else None for i in rng.integers(0, len(masks) + 1, ids.shape[0])]
@@ -60,7 +60,7 @@ def test_mixed_batch_matches_each_rows_materialized_model(tiny_model, masks, ora
 def test_batch_without_masks_is_the_base_model(tiny_model, masks, oracle_logits):
     ids, expected = oracle_logits
     served = HFMaskedModel(tiny_model)
-    served.bank.load(masks[0])
+    served.load(masks[0])
     torch.testing.assert_close(served.logits(ids, [None] * ids.shape[0]), expected[None], atol=0, rtol=0)
 
 

@@ -7,34 +7,59 @@ chunks; the fake engine answers the worker RPCs from the mask files themselves.
 import asyncio
 import json
 from argparse import Namespace
+from pathlib import Path
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
 
-from mask_store.format import read_mask_file
+from runtime.layout import ModelShape
+from runtime.slot_files import SlotPlan, read_slot_file
 from serve.config import ARGS_FIELD, MaskServeConfig
 from serve.plugin import MaskServePlugin
 from tests.mask_store.helpers import random_mask
+from tests.tiny import make_tiny_model
 
 BASE_NAME = "base-model"
 
 
-class FakeEngine:
-    """Answers the worker RPCs like runtime.worker does, with a bank of `capacity` masks (LRU, pins)."""
+FAKE_MODEL = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=2, head_dim=8)  # the shapes random_mask's tensors have
+FAKE_SHAPE = ModelShape(16, 32, 2, 2, 8, 1)
 
-    def __init__(self, capacity: int = 100):
+
+def fake_plan(base_id: str) -> SlotPlan:
+    """What vLLM's fused layers of the FAKE_MODEL look like to a worker (qkv, o, gate_up, down; one rank)."""
+    names = ("model.layers.0.self_attn.qkv_proj", "model.layers.0.self_attn.o_proj", "model.layers.0.mlp.gate_up_proj",
+             "model.layers.0.mlp.down_proj")
+    return SlotPlan(base_id, names, ((48, 16), (16, 16), (64, 16), (16, 32)), 1, FAKE_SHAPE)
+
+
+def fake_model(folder: Path) -> Path:
+    """The FAKE_MODEL's checkpoint in `folder` (made once): what the API side gathers removed weights from."""
+    model = folder / "fake-model"
+    if not model.exists():
+        make_tiny_model(model, **FAKE_MODEL)
+    return model
+
+
+class FakeEngine:
+    """Answers the worker RPCs like runtime.worker does, with a bank of `capacity` masks (LRU, pins), reading the slot
+    files the API side prepares as a worker does."""
+
+    def __init__(self, base_id: str = "", capacity: int = 100):
+        self.plan = fake_plan(base_id)
         self.capacity = capacity
         self.loaded: dict[str, dict] = {}  # least recently used first
         self.calls: list[tuple[str, tuple]] = []
 
-    def _load(self, path: str, pin: bool, protect: list[str] = (), expect: str | None = None) -> dict:
-        digest = read_mask_file(path).digest
+    def _load(self, path: str, digest: str, pin: bool, protect: list[str] = ()) -> dict:
         if digest in self.loaded:
             self.loaded[digest]["pinned"] |= pin
             self.loaded[digest] = self.loaded.pop(digest)
             return {**self.loaded[digest], "loaded": False, "evicted": [], "resident": len(self.loaded)}
+        read_slot_file(path, digest, self.plan, 0)
         evicted = []
         for old in list(self.loaded):
             if len(self.loaded) < self.capacity:
@@ -53,9 +78,11 @@ class FakeEngine:
     async def collective_rpc(self, method: str, args: tuple = ()):
         self.calls.append((method, args))
         if method == "maskserve_setup":
-            return [{"layers": 0}]
+            return [{"layers": len(self.plan.names), "plan": self.plan.report(), "memory_bytes": 1 << 20}]
         if method == "maskserve_load":
-            return [self._load(*args)]
+            items, protect = args
+            spare = [*protect, *(digest for _, digest, _ in items)]
+            return [{"loads": [self._load(path, digest, pin, spare) for path, digest, pin in items]}]
         if method == "maskserve_unload":
             if args[0] in (args[1] if len(args) > 1 else ()):
                 return [{"error": "mask in use", "status": 409, "kind": "MaskInUse"}]
@@ -144,8 +171,8 @@ def build(store_uri: str, base_id: str, tmp_path, api_keys=(), admin_key=ADMIN_K
           capacity=100, max_body_bytes=32 << 20):
     """The fake app with maskserve attached as vLLM 0.32's build_app and init_app_state attach endpoint plugins."""
     app = fake_vllm_app()
-    engine = FakeEngine(capacity)
-    config = MaskServeConfig(model_dir="unused", base_id=base_id, store=store_uri, api_keys=api_keys,
+    engine = FakeEngine(base_id, capacity)
+    config = MaskServeConfig(model_dir=str(fake_model(tmp_path)), base_id=base_id, store=store_uri, api_keys=api_keys,
                              admin_key=admin_key, experiments_file=experiments_file, ab_db=str(tmp_path / "ab.sqlite"),
                              tensor_shapes={n: t.shape for n, t in random_mask(0).tensors.items()}, resolve_ttl_s=0.0,
                              canary=False, max_body_bytes=max_body_bytes)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mask_store.errors import MaskError
-from mask_store.format import read_mask_file, save_mask
+from mask_store.format import save_mask
 from mask_store.store import Store
 from tests.mask_store.helpers import BASE_A, BASE_B, random_mask
 
@@ -250,7 +250,7 @@ def test_a_mask_the_workers_evicted_is_loaded_again(store, tmp_path):
         assert complete(client, mask="math@1").status_code == 200
         assert complete(client, mask="code").status_code == 200  # evicts math@1 in the workers
         assert complete(client, mask="math@1").status_code == 200
-    loads = [read_mask_file(args[0]).digest for method, args in engine.calls if method == "maskserve_load"]
+    loads = [digest for method, args in engine.calls if method == "maskserve_load" for _, digest, _ in args[0]]
     math, code = store.resolve("math@1").digest, store.resolve("code").digest
     assert loads == [math, code, math]
 
