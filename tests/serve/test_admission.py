@@ -42,6 +42,19 @@ async def _spin(turns: int = 50) -> None:
         await asyncio.sleep(0)
 
 
+def _gate_loads(engine, when=lambda: True) -> asyncio.Event:
+    """From now on, a load RPC sent while `when()` holds waits until the returned event is set."""
+    gate, rpc = asyncio.Event(), engine.collective_rpc
+
+    async def gated(method, args=()):
+        if method == "maskserve_load" and when():
+            await gate.wait()
+        return await rpc(method, args)
+
+    engine.collective_rpc = gated
+    return gate
+
+
 def test_a_request_waits_for_a_busy_slot_then_runs(store):
     async def scenario():
         service, engine = await _service(store, slot_wait_s=30)
@@ -97,15 +110,7 @@ def test_a_mask_in_flight_is_admitted_while_another_mask_loads(store):
     async def scenario():
         service, engine = await _service(store, slot_wait_s=30)
         engine.capacity = 2
-        gate = asyncio.Event()
-        rpc = engine.collective_rpc
-
-        async def slow_loads(method, args=()):
-            if method == "maskserve_load" and engine.loaded:  # the second mask's load takes until the gate opens
-                await gate.wait()
-            return await rpc(method, args)
-
-        engine.collective_rpc = slow_loads
+        gate = _gate_loads(engine, lambda: engine.loaded)  # the second mask's load takes until the gate opens
         a, b = await service.resolve("a"), await service.resolve("b")
         await service.admit(a)
         loading_b = asyncio.ensure_future(service.admit(b))
@@ -159,19 +164,6 @@ def test_the_workers_bank_is_the_only_record_of_residency(store):
     asyncio.run(scenario())
 
 
-def _gate_first_load(engine) -> asyncio.Event:
-    """The first load RPC waits until the returned event is set."""
-    gate, rpc = asyncio.Event(), engine.collective_rpc
-
-    async def gated(method, args=()):
-        if method == "maskserve_load" and not engine.loaded:
-            await gate.wait()
-        return await rpc(method, args)
-
-    engine.collective_rpc = gated
-    return gate
-
-
 def _load_calls(engine) -> list[list[str]]:
     return [[digest for _, digest, _ in args[0]] for method, args in engine.calls if method == "maskserve_load"]
 
@@ -181,7 +173,7 @@ def test_cold_masks_that_wait_behind_a_load_are_loaded_together_in_one_call(stor
     async def scenario():
         service, engine = await _service(store, slot_wait_s=30)
         engine.capacity = 3
-        gate = _gate_first_load(engine)
+        gate = _gate_loads(engine, lambda: not engine.loaded)  # the first load
         a, b, c = [await service.resolve(name) for name in "abc"]
         first = asyncio.ensure_future(service.admit(a))
         await _spin()
@@ -204,15 +196,7 @@ def test_a_load_of_a_batch_that_finds_no_slot_waits_alone(store):
         engine.capacity = 2
         a, b, c = [await service.resolve(name) for name in "abc"]
         await service.admit(a)
-        gate = asyncio.Event()
-        rpc = engine.collective_rpc
-
-        async def gated(method, args=()):  # the next load waits until b and c are both queued behind it
-            if method == "maskserve_load":
-                await gate.wait()
-            return await rpc(method, args)
-
-        engine.collective_rpc = gated
+        gate = _gate_loads(engine)  # the next load waits until b and c are both queued behind it
         holder = asyncio.ensure_future(service.ensure_loaded(a))  # a no-op load that b and c queue behind
         await _spin()
         waiting = {m.name: asyncio.ensure_future(service.admit(m)) for m in (b, c)}
