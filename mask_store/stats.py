@@ -2,8 +2,12 @@
 
 Scores that are all 0 or 1 (exact match, pass/fail) are proportions: their intervals are Wilson's, which stay inside
 [0, 1] and keep their coverage on small counts where the normal approximation goes below 0; the difference of two
-proportions gets Newcombe's hybrid score interval (method 10 in Newcombe, Stat. Med. 1998), built from the two
-Wilson intervals. Other scores use Student's t for a mean and Welch for a difference; the t quantile comes from its
+proportions gets Newcombe's hybrid score interval (method 10 in Newcombe, Stat. Med. 17:873, 1998), built from the
+two Wilson intervals. When both sides scored the same problems (a mask against its base in `mask-eval`, two methods
+in the reproduction's table) the scores are paired, and the paired form of that interval (method 10 in Newcombe,
+Stat. Med. 17:2635, 1998) is used: it accounts for the problems both sides get right or wrong together, which the
+independent form counts as noise, and so is narrower where the two agree on most problems. Other scores use
+Student's t for a mean (and for a paired difference) and Welch for an unpaired one; the t quantile comes from its
 exact CDF, so no SciPy is needed.
 """
 
@@ -35,6 +39,28 @@ def newcombe(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tuple[float,
     d = p2 - p1
     lower = d - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2)
     upper = d + math.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2)
+    return max(-1.0, lower), min(1.0, upper)
+
+
+def newcombe_paired(both: int, only_first: int, only_second: int, neither: int,
+                    z: float = Z95) -> tuple[float, float]:
+    """Interval for p2 - p1 on n paired trials (Newcombe's paired method 10), inside [-1, 1].
+
+    The cells count the pairs by outcome: both succeed, only the first, only the second, neither. The two Wilson
+    intervals are combined with the correlation of the pairs, phi, shrunk towards 0 by n/2 when positive, as
+    Newcombe defines it (the same rule as Altman et al., Statistics with Confidence, 2000, ch. 6)."""
+    n = both + only_first + only_second + neither
+    k1, k2 = both + only_first, both + only_second
+    p1, p2 = k1 / n, k2 / n
+    l1, u1 = wilson(k1, n, z)
+    l2, u2 = wilson(k2, n, z)
+    margins = (both + only_first) * (only_second + neither) * (both + only_second) * (only_first + neither)
+    cross = both * neither - only_first * only_second
+    shrunk = cross - n / 2 if cross > n / 2 else (cross if cross < 0 else 0.0)
+    phi = shrunk / math.sqrt(margins) if margins else 0.0
+    d = p2 - p1
+    lower = d - math.sqrt(max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2))
+    upper = d + math.sqrt(max(0.0, (u2 - p2) ** 2 - 2 * phi * (u2 - p2) * (p1 - l1) + (p1 - l1) ** 2))
     return max(-1.0, lower), min(1.0, upper)
 
 
@@ -73,6 +99,24 @@ def difference(control: np.ndarray, other: np.ndarray) -> tuple[float, tuple[flo
         return diff, (diff, diff)
     df = (va + vb) ** 2 / (va**2 / (len(control) - 1) + vb**2 / (len(other) - 1))
     half = t_quantile(0.975, df) * se
+    return diff, (diff - half, diff + half)
+
+
+def paired_difference(control: np.ndarray, other: np.ndarray) -> tuple[float, tuple[float, float]] | None:
+    """other - control where element i of both is the score of problem i: Newcombe's paired interval for 0/1 scores,
+    else a paired t interval; None with fewer than two problems."""
+    if len(control) != len(other):
+        raise ValueError(f"paired scores need the same problems: {len(control)} against {len(other)}")
+    if len(control) < 2:
+        return None
+    diff = float(other.mean() - control.mean())
+    if is_binary(control) and is_binary(other):
+        first, second = control.astype(bool), other.astype(bool)
+        cells = [int((first & second).sum()), int((first & ~second).sum()), int((~first & second).sum()),
+                 int((~first & ~second).sum())]
+        return diff, newcombe_paired(*cells)
+    gaps = other - control
+    half = t_quantile(0.975, len(gaps) - 1) * float(gaps.std(ddof=1)) / math.sqrt(len(gaps))
     return diff, (diff - half, diff + half)
 
 

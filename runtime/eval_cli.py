@@ -138,7 +138,7 @@ def print_table(result: dict) -> None:
     from rich.table import Table
 
     print(f"exact match on {result['task']}: {result['problems']} problems, greedy, at most "
-          f"{result['max_new_tokens']} new tokens; 95% intervals (Wilson; Newcombe for differences)")
+          f"{result['max_new_tokens']} new tokens; 95% intervals (Wilson; paired Newcombe for differences)")
     table = Table()
     for column in ("subject", "n", "correct", "exact match", "95% CI", "vs base", "95% CI of difference"):
         table.add_column(column, justify="left" if column == "subject" else "right", no_wrap=column != "subject")

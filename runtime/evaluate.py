@@ -11,7 +11,8 @@ Contract:
 - Generation is greedy, at most `max_new_tokens` tokens, stopping at the tokenizer's first special token; the text
   scored is what vLLM returns (what an OpenAI client of `mask-serve` receives with the same settings), so the
   accuracy served over HTTP is the accuracy reported here.
-- Intervals come from mask_store/stats.py: Wilson for each accuracy, Newcombe for a mask's difference from the base.
+- Intervals come from mask_store/stats.py: Wilson for each accuracy, Newcombe's paired interval for a mask's
+  difference from the base (both scored the same problems).
 
 Non-goals: sampling, metrics other than exact match, loading models (the caller hands in an `Engine`).
 """
@@ -23,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mask_store.stats import difference, score_interval
+from mask_store.stats import paired_difference, score_interval
 from mask_store.tasks import DataError, answer_of, exact_match, prompt_ids, read_records
 
 
@@ -104,7 +105,7 @@ def report(scores: Sequence[Score], base: Score | None = None) -> list[dict]:
     for score in scores:
         row = score.summary()
         if base is not None and score is not base:
-            diff = difference(base.correct, score.correct)
+            diff = paired_difference(base.correct, score.correct)  # the same problems on both sides
             row["vs_base"] = None if diff is None else {"difference": diff[0], "ci95": list(diff[1])}
         rows.append(row)
     return rows

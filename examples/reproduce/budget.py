@@ -1,6 +1,6 @@
 """Budgets for the reproduction: every knob of one run, frozen, with named presets; the layer bands; LoRA's rank.
 
-`PRESETS["quick"]` is sized for a 2-core CPU shared with other work (the whole pipeline in about 30-40 minutes);
+`PRESETS["quick"]` is sized for a 2-core CPU shared with other work (the whole pipeline in 25-40 minutes);
 `PRESETS["default"]` is the longer run (hours on that CPU, minutes on a GPU). Flags override single fields.
 
 Non-goals: choosing hyper-parameters by search; anything that touches a model.
@@ -49,7 +49,7 @@ class Budget:
 
 
 PRESETS: dict[str, Budget] = {
-    # ~35 min on a shared 2-core AVX2 CPU: short sequences, tens of steps, 150 held-out problems per task.
+    # 25-40 min on a 2-core CPU: short sequences, tens of steps, 150 held-out problems per task.
     "quick": Budget(train_size=480, eval_size=150, seq_len=64, batch_size=8, fft_steps=60, fft_lr=5e-5,
                     mft_steps=40, mft_lr=1e-2, lora_steps=60, lora_lr=1e-3, max_new_tokens=12),
     # The longer run: ~2 epochs over 4000 problems per method, 500 held-out problems (intervals of about +-4 points).

@@ -105,7 +105,7 @@ def render(results: dict) -> str:
         "mask-eval; Wilson 95% intervals in points. Scored in "
         f"{', '.join(results['machine'].get('scoring_dtypes', ['?']))} on a CPU with "
         f"{results['machine'].get('cpu_flags', '?')}.\n\n" + main_table(results, TASKS),
-        "## Differences from FFT (Newcombe 95% intervals, points)\n\n" + comparison_lines(results, TASKS),
+        "## Differences from FFT (paired Newcombe 95% intervals, points)\n\n" + comparison_lines(results, TASKS),
         "## Ablation (math, MFT on the FFT model)\n\n" + ablation_table(results),
         "## Budget\n\n```json\n" + json.dumps(budget, indent=2) + "\n```",
         "## Stage wall times (s)\n\n" + "\n".join(f"- {k}: {v}" for k, v in results["stage_seconds"].items()),

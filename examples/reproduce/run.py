@@ -1,6 +1,6 @@
 """Reproduce the MFT paper's table at small scale, offline, on SmolLM2-135M-Instruct (or any local model).
 
-    python -m examples.reproduce --quick [--out DIR]         # ~35 min on a shared 2-core CPU
+    python -m examples.reproduce --quick [--out DIR]         # 25-40 min on a 2-core CPU
     python -m examples.reproduce [--fft-steps 500 ...]        # the default, longer budget
 
 For each task of tasks.py (math by template, word-list reversal by first word), in this order:

@@ -7,7 +7,7 @@ Non-goals: plotting, significance tests beyond the intervals the scores carry.
 
 from collections.abc import Sequence
 
-from mask_store.stats import difference
+from mask_store.stats import paired_difference
 
 # (row key, label) in the paper's order: the starting points, MFT on FFT and its same-size baselines, then the
 # multi-task case (masks on the shared instruct base) and LoRA.
@@ -44,12 +44,12 @@ def _joined(values: Sequence[str]) -> str:
 
 
 def delta(a: dict | None, b: dict | None) -> str:
-    """b - a in points with the Newcombe 95% interval, from the per-problem results of the same problems."""
+    """b - a in points with the paired Newcombe 95% interval, from the per-problem results of the same problems."""
     if not a or not b or "per_problem" not in a or "per_problem" not in b:
         return "-"
     import numpy as np
 
-    diff = difference(np.array(a["per_problem"], dtype=float), np.array(b["per_problem"], dtype=float))
+    diff = paired_difference(np.array(a["per_problem"], dtype=float), np.array(b["per_problem"], dtype=float))
     if diff is None:
         return "-"
     d, (lo, hi) = diff

@@ -1,6 +1,6 @@
 """mask-eval without vLLM: a fake engine answers from a table, so scoring, intervals, mask staging and the CLI's
 refusals are checked in seconds. The served-equals-evaluated check against a real server is in
-tests/serve/test_eval_served.py (slow)."""
+tests/serve/test_evaluation_e2e.py (slow)."""
 
 import json
 from types import SimpleNamespace
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mask_store.stats import newcombe, wilson
+from mask_store.stats import newcombe, newcombe_paired, wilson
 from mask_store.store import Store
 from mask_store.tasks import DataError
 from runtime import eval_cli
@@ -47,7 +47,11 @@ def test_scores_intervals_and_differences_are_the_stats_modules():
     assert (base["n"], base["correct"], base["exact_match"]) == (N, 3, 0.3)
     assert base["ci95"] == pytest.approx(wilson(3, N)) and "vs_base" not in base
     assert (masked["correct"], masked["vs_base"]["difference"]) == (8, pytest.approx(0.5))
-    assert masked["vs_base"]["ci95"] == pytest.approx(newcombe(3, N, 8, N))
+    # the same problems on both sides: the paired interval (3 right on both, 5 only with the mask, 2 on neither), which
+    # is narrower than the independent samples' one
+    assert masked["vs_base"]["ci95"] == pytest.approx(newcombe_paired(3, 0, 5, 2))
+    paired, independent = newcombe_paired(3, 0, 5, 2), newcombe(3, N, 8, N)
+    assert paired[1] - paired[0] < independent[1] - independent[0]
     assert scores[1].correct.tolist() == [1.0] * 8 + [0.0] * 2
     assert [c[0] for c in engine.calls] == [None, "math"] and all(c[1] == "params" for c in engine.calls)
 
@@ -106,7 +110,7 @@ def test_cli_evaluates_the_base_a_ref_and_a_file(world, capsys):
     assert [rows[s]["correct"] for s in ("base", "alpha:prod", str(world.local))] == [2, 5, 9]
     assert (rows["alpha:prod"]["digest"], rows[str(world.local)]["digest"]) == world.digests
     assert rows["alpha:prod"]["per_problem"] == [1] * 5 + [0] * 5
-    assert rows[str(world.local)]["vs_base"]["ci95"] == pytest.approx(newcombe(2, N, 9, N))
+    assert rows[str(world.local)]["vs_base"]["ci95"] == pytest.approx(newcombe_paired(2, 0, 7, 1))
 
 
 def test_cli_table_shows_counts_and_intervals(world, capsys):
