@@ -1,5 +1,5 @@
-"""mask-train at scale on the tiny model: two CPU processes under torchrun (gloo) give the single-process mask, and
-bf16 autocast and gradient checkpointing do what they say."""
+"""mask-train at scale on the tiny model: two CPU processes under torchrun or `accelerate launch` (gloo) give the
+single-process mask, and bf16 autocast and gradient checkpointing do what they say."""
 
 import os
 import subprocess
@@ -24,12 +24,22 @@ def _argv(tiny_model, data, out, *extra):
             "--seed", "3", "--out", str(out), *extra]
 
 
-def test_two_processes_under_torchrun_give_the_single_process_mask(tmp_path, tiny_model):
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
+    # accelerate's multi-process launcher starts the processes through torch's elastic launcher, which sets the
+    # RANK / WORLD_SIZE / MASTER_* variables mask-train reads; without a GPU they train on the CPU over gloo
+    # (accelerate's --cpu flag picks its single-process launcher instead: one process, not two)
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_processes_give_the_single_process_mask(tmp_path, tiny_model, launcher):
     data = write_jsonl(tmp_path / "train.jsonl", chat_records(40, seed=0))  # uneven lengths: shards pad differently
     assert main(_argv(tiny_model, data, tmp_path / "one.mask")) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "trainer.cli", *_argv(tiny_model, data, tmp_path / "two.mask")],
+    run = subprocess.run([*LAUNCHERS[launcher], "-m", "trainer.cli", *_argv(tiny_model, data, tmp_path / "two.mask")],
                          capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     one, two = load_mask(tmp_path / "one.mask"), load_mask(tmp_path / "two.mask")
