@@ -1,5 +1,6 @@
 """Evaluation against a real `mask-serve`: the accuracy a mask gets over HTTP is the accuracy `mask-eval` reports
-for it, and lm-evaluation-harness (`local-completions`) runs a local task against the server, on the base and
+for it, for prompt/completion records through /v1/completions and for chat records through /v1/chat/completions
+(what the reproduction's tasks are), and lm-evaluation-harness (`local-completions`) runs a local task against the server, on the base and
 on a mask chosen by model name. Slow: a server and a mask-eval engine on the tiny model.
 
 The task's answers are what the plain-transformers oracle generates with the mask (most problems) or without it
@@ -15,7 +16,7 @@ import torch
 
 from mask_store.format import load_mask
 from mask_store.store import Store
-from mask_store.tasks import exact_match
+from mask_store.tasks import exact_match, prompt_ids
 from runtime.reference import load_model, materialize
 from serve.launch import free_port, start, stop, wait_healthy
 from tests.runtime.helpers import make_mask
@@ -28,15 +29,17 @@ FROM_BASE = {1, 7}  # problems whose answer is the base model's own text
 ENGINE_ARGS = ["--dtype", "float32", "--max-model-len", "512"]
 
 
-def oracle_texts(model_dir, mask_path) -> list[str]:
-    """Greedy continuations of PROMPTS by the materialized model (None: the base), cut at the first special token."""
+def oracle_texts(model_dir, mask_path, chat: bool = False) -> list[str]:
+    """Greedy continuations of PROMPTS (as one user message each with `chat`) by the materialized model (None: the
+    base), cut at the first special token."""
     model, tokenizer = load_model(model_dir)
     if mask_path is not None:
         materialize(model, load_mask(mask_path))
     stops = sorted(set(tokenizer.all_special_ids))
     texts = []
     for prompt in PROMPTS:
-        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+        record = {"messages": user_turn(prompt, "")} if chat else {"prompt": prompt}
+        ids = torch.tensor([prompt_ids(record, tokenizer, "oracle")])
         out = model.generate(ids, max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=stops,
                              pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
         cut = next((j for j, t in enumerate(out) if t in stops), len(out))
@@ -50,31 +53,48 @@ def world(tiny_model, tmp_path_factory):
     store = Store(root / "store")
     mask = make_mask(tiny_model, root / "alpha.mask", 0.3, "0-3", "all", seed=1)
     store.push(mask, "alpha")
-    masked, base = oracle_texts(tiny_model, mask), oracle_texts(tiny_model, None)
-    answers = [(base if i in FROM_BASE else masked)[i].strip() or "-" for i in range(len(PROMPTS))]
+    answers = task_answers(tiny_model, mask, chat=False)
     task = root / "task.jsonl"
     task.write_text("".join(json.dumps({"prompt": p, "completion": a, "answer": a}) + "\n"
                             for p, a in zip(PROMPTS, answers)))
+    chat_answers = task_answers(tiny_model, mask, chat=True)
+    chat_task = root / "chat_task.jsonl"
+    chat_task.write_text("".join(json.dumps({"messages": user_turn(p, a), "answer": a}) + "\n"
+                                 for p, a in zip(PROMPTS, chat_answers)))
     port = free_port()
     proc = start([sys.executable, "-m", "serve.cli", "--model", str(tiny_model), "--store", store.uri,
                   "--port", str(port), "--ab-db", str(root / "ab.sqlite"), *ENGINE_ARGS], root / "server.log")
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc, root / "server.log", timeout_s=300)
-        yield {"url": url, "root": root, "store": store, "task": task, "answers": answers, "model": tiny_model}
+        yield {"url": url, "root": root, "store": store, "task": task, "answers": answers, "model": tiny_model,
+               "chat_task": chat_task, "chat_answers": chat_answers}
     finally:
         stop(proc, timeout_s=60)
 
 
-@pytest.fixture(scope="module")
-def mask_eval(world):
+def user_turn(prompt: str, answer: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+def task_answers(model_dir, mask_path, chat: bool) -> list[str]:
+    masked, base = oracle_texts(model_dir, mask_path, chat), oracle_texts(model_dir, None, chat)
+    return [(base if i in FROM_BASE else masked)[i].strip() or "-" for i in range(len(PROMPTS))]
+
+
+def run_mask_eval(world, task) -> dict:
     """`mask-eval --json` on the base and the mask, as a user runs it (its own engine, its own process)."""
     out = subprocess.run(
-        [sys.executable, "-m", "runtime.eval_cli", "--model", str(world["model"]), "--data", str(world["task"]),
+        [sys.executable, "-m", "runtime.eval_cli", "--model", str(world["model"]), "--data", str(task),
          "--store", world["store"].uri, "--mask", "alpha", "--max-new-tokens", str(MAX_TOKENS), "--json",
          *ENGINE_ARGS], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     return {row["subject"]: row for row in json.loads(out.stdout)["results"]}
+
+
+@pytest.fixture(scope="module")
+def mask_eval(world):
+    return run_mask_eval(world, world["task"])
 
 
 def served(world, model: str) -> list[int]:
@@ -85,6 +105,26 @@ def served(world, model: str) -> list[int]:
                                          extra_body={"stop_token_ids": sorted(set(tokenizer.all_special_ids))})
     texts = [c.text for c in sorted(response.choices, key=lambda c: c.index)]
     return [int(exact_match(t, a)) for t, a in zip(texts, world["answers"])]
+
+
+def served_chat(world, model: str) -> list[int]:
+    """Per-problem exact match of the server's chat answers: one chat request per problem, greedy, same stops."""
+    client = openai.OpenAI(base_url=f"{world['url']}/v1", api_key="unused")
+    _, tokenizer = load_model(world["model"])
+    texts = [client.chat.completions.create(
+        model=model, messages=user_turn(p, "")[:1], max_tokens=MAX_TOKENS, temperature=0,
+        extra_body={"stop_token_ids": sorted(set(tokenizer.all_special_ids))}).choices[0].message.content
+        for p in PROMPTS]
+    return [int(exact_match(t, a)) for t, a in zip(texts, world["chat_answers"])]
+
+
+def test_served_chat_accuracy_equals_mask_eval(world):
+    evaluated = run_mask_eval(world, world["chat_task"])
+    over_http = {"base": served_chat(world, world["model"].name), "alpha": served_chat(world, "alpha")}
+    assert evaluated["alpha"]["per_problem"] == over_http["alpha"]
+    assert evaluated["base"]["per_problem"] == over_http["base"]
+    assert over_http["alpha"] != over_http["base"]  # the mask was applied over chat too
+    assert sum(over_http["alpha"]) > sum(over_http["base"])
 
 
 def test_served_accuracy_equals_mask_eval(world, mask_eval):
