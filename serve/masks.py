@@ -80,7 +80,7 @@ class MaskService:
         # canonical REF -> (at, the mask or the NotFound it gave): a `model` that is no mask (a LoRA adapter's name)
         # is not looked up in the store on every request either
         self._resolved: OrderedDict[str, tuple[float, ServedMask | NotFound]] = OrderedDict()
-        self._listing: tuple[float, dict] | None = None  # (at, name -> newest record) for /v1/models
+        self._listing: tuple[float, list] | None = None  # (at, this base's versions) for /v1/models and /v1/masks
         self._residency = asyncio.Lock()  # held while a batch of loads runs
         self._waiting: list[_Load] = []  # loads the next batch takes
         self._in_flight: Counter[str] = Counter()  # digest -> requests admitted and not yet finished
@@ -270,24 +270,25 @@ class MaskService:
     async def status(self) -> dict:
         status = await self._rpc("maskserve_status")
         metrics.MASKS_LOADED.set(len(status["masks"]))
-        versions = await asyncio.to_thread(self.store.versions, base_id=self.base_id)
-        names = {r.digest: r.ref for r in versions}
+        names = {r.digest: r.ref for r in await self._versions()}
         for m in status["masks"]:
             m["ref"] = names.get(m["digest"])
         return status
 
-    async def model_cards(self, created: int) -> list[dict]:
-        """OpenAI model objects for every mask name this base can serve (its newest version), like vLLM's LoRAs.
+    async def _versions(self) -> list:
+        """This base's versions in the store, the listing reused for `resolve_ttl_s` as resolutions are: an S3 store
+        reads one object per version to list them, which clients polling /v1/models or /v1/masks must not repeat on
+        every call."""
+        if self._listing is None or time.monotonic() - self._listing[0] >= self.resolve_ttl_s:
+            started = time.monotonic()
+            self._listing = (started, await asyncio.to_thread(self.store.versions, base_id=self.base_id))
+        return self._listing[1]
 
-        The listing is reused for `resolve_ttl_s`, as resolutions are: an S3 store reads one object per version to
-        list them, which a client polling /v1/models must not repeat on every call."""
-        if self._listing is not None and time.monotonic() - self._listing[0] < self.resolve_ttl_s:
-            newest = self._listing[1]
-        else:
-            started, newest = time.monotonic(), {}
-            for record in await asyncio.to_thread(self.store.versions, base_id=self.base_id):
-                newest[record.name] = record
-            self._listing = (started, newest)
+    async def model_cards(self, created: int) -> list[dict]:
+        """OpenAI model objects for every mask name this base can serve (its newest version), like vLLM's LoRAs."""
+        newest = {}
+        for record in await self._versions():
+            newest[record.name] = record
         return [
             {"id": name, "object": "model", "created": created, "owned_by": "maskserve", "root": record.ref,
              "parent": self.served_name, "permission": [],

@@ -47,3 +47,21 @@ def test_with_no_ttl_every_call_lists_the_store(tmp_path):
     names, listings = _cards(tmp_path, ttl=0, calls=2)
     assert listings == 2
     assert names == [["a"], ["a", "b"]]
+
+
+def test_the_mask_status_route_shares_the_listing(tmp_path):
+    """GET /v1/masks names each resident mask's version from the store listing: it listed the store on every call
+    (on S3 a GET per version), where /v1/models reused its listing for the TTL."""
+    CountingStore.listings = 0
+    store = CountingStore(tmp_path / "store")
+    save_mask(random_mask(0), tmp_path / "a.mask")
+    store.push(tmp_path / "a.mask", "a")
+    service = MaskService(FakeEngine(), store, "unused", BASE_A, "base", {}, resolve_ttl_s=3600)
+
+    async def scenario():
+        for _ in range(3):
+            await service.status()
+        await service.model_cards(0)
+
+    asyncio.run(scenario())
+    assert CountingStore.listings == 1
