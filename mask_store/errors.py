@@ -1,6 +1,7 @@
 """Errors a user can cause, each with one line that says what went wrong and names the thing involved.
 
-Every command and route maps these to its own surface (CLI: stderr and exit 1; HTTP: an OpenAI error body and
+Every command and route maps these to its own surface (CLI: one line on stderr and a non-zero exit, 2 for
+`mask-store`, whose 1 means `verify` found problems, and 1 for the other commands; HTTP: an OpenAI error body and
 the status given here). Anything else that escapes is a bug and keeps its traceback.
 """
 
