@@ -1,7 +1,7 @@
 """examples/reproduce: the pure parts (split, bands, LoRA rank, tables) and the training plumbing on the tiny model.
 
-Scoring starts vLLM (about a minute per engine even eager), so it is left to the real run; here every training
-stage runs on tests/tiny.py's model with budgets of a step or two, then a rerun must skip them all.
+Every training stage runs on tests/tiny.py's model with budgets of a step or two, then a rerun must skip them all.
+Scoring starts vLLM engines (five of them), so the whole pipeline, scoring and tables included, is a slow test.
 """
 
 import json
@@ -14,6 +14,7 @@ from examples.reproduce.run import main
 from examples.reproduce.table import ablation_table, cell, delta, main_table
 from examples.reproduce.tasks import (MATH_EVAL_TEMPLATE, MATH_TRAIN_TEMPLATES, REVERSAL_INSTRUCTION,
                                       REVERSAL_TRAIN_INITIALS, build_task, split_pool)
+from mask_store.format import load_mask
 
 
 def _question(r: dict) -> str:
@@ -105,8 +106,11 @@ def test_training_stages_on_the_tiny_model_then_a_rerun_skips_them(tiny_model, t
         assert (out / task / "fft" / "config.json").exists()
         assert (out / task / "lora_merged" / "config.json").exists()
         assert (out / task / "lora" / "adapter_model.safetensors").exists()
+        shapes = set()
         for name in ("mft_fft_r0.1_late", "random_fft", "magnitude_fft", "mft_base_r0.1_late"):
-            assert (out / task / f"{name}.mask").stat().st_size > 0
+            training = load_mask(out / task / f"{name}.mask").training
+            shapes.add((training["mask_ratio"], training["layers"], tuple(training["modules"])))
+        assert len(shapes) == 1  # the baselines and both MFT masks: the same ratio, layers and projections
         info = json.loads((out / task / "lora" / "train.json").read_text())
         assert info["rank"] >= 1 and info["steps"] == 1
     capsys.readouterr()
@@ -142,3 +146,22 @@ def test_scores_saved_for_another_plan_are_scored_again(tiny_model, tmp_path, mo
     more = [{**jobs[0], "subjects": [["fft", None], ["mft_fft_r0.05_late", "m.mask"]]}]
     pipeline.score("fft_math", tiny_model, more)
     assert len(scored) == 2 and scored[-1]["jobs"] == more
+
+
+@pytest.mark.slow
+def test_the_whole_pipeline_with_the_ablation_ends_in_a_table(tiny_model, tmp_path):
+    """Every stage, scoring engines and the results files included, on the tiny model: the path the fast tests stop
+    before (`--until train`) and the one docs/results.md was made by."""
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_model), "--out", str(out), "--train-size", "8", "--eval-size", "3", "--seq-len", "200",
+            "--batch-size", "2", "--fft-steps", "1", "--mft-steps", "1", "--lora-steps", "1"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    for key in ("base", "fft", "mft_fft", "random_fft", "magnitude_fft", "mft_base", "lora"):
+        for task in ("math", "reversal"):
+            score = results["rows"][key][task]["score"]
+            assert score["n"] == 3 and len(score["per_problem"]) == 3, (key, task)
+    assert len(results["ablation"]) == 5  # three ratios on the late band, then the early and middle bands at 0.1
+    markdown = (out / "results.md").read_text()
+    assert "## Ablation" in markdown and "paired Newcombe" in markdown
+
