@@ -1,6 +1,7 @@
 """The design's dependency order, held by reading every import: serve -> runtime -> mask_store, trainer -> mask_store.
 
-And one owner per fact: the projection names are spelled only in mask_store/projections.py.
+And one owner per fact: the projection names are spelled only in mask_store/projections.py, the mask-name pattern
+only in mask_store/refs.py.
 """
 
 import ast
@@ -70,3 +71,15 @@ def test_projection_names_have_one_home():
                for path in sorted((ROOT / package).rglob("*.py"))
                if path != home and any(_HF_ONLY.search(text) for text in _literals(path))]
     assert not spelled, spelled
+
+
+_NAME_CHARS = re.compile(r"A-Za-z0-9[._-]*[._-]")  # the character class of a mask name, spelled again
+
+
+def test_the_mask_name_pattern_has_one_home():
+    home = ROOT / "mask_store" / "refs.py"
+    spelled = [str(path.relative_to(ROOT)) for package in [*MAY_IMPORT, "bench", "examples"]
+               for path in sorted((ROOT / package).rglob("*.py"))
+               if path != home and any(_NAME_CHARS.search(text) for text in _literals(path))]
+    assert not spelled, spelled
+
