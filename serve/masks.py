@@ -219,7 +219,7 @@ class MaskService:
             elif isinstance(report, MaskError):
                 load.done.set_exception(report)
             else:
-                self._loaded(load.served, report, elapsed)
+                self._note_load(load.served, report, elapsed)
                 if load.admit:
                     self._in_flight[load.served.digest] += 1
                 load.done.set_result(report)
@@ -251,7 +251,8 @@ class MaskService:
         finally:
             self.slot_files.release(served.digest)
 
-    def _loaded(self, served: ServedMask, report: dict, elapsed_s: float) -> None:
+    def _note_load(self, served: ServedMask, report: dict, elapsed_s: float) -> None:
+        """Metrics and the log line for one load report; the bank, not this service, keeps what is resident."""
         metrics.MASK_EVICTIONS.inc(len(report["evicted"]))
         if report["loaded"]:
             metrics.MASK_LOAD_SECONDS.observe(elapsed_s)
