@@ -65,11 +65,15 @@ def _literals(path: Path) -> list[str]:
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
 
 
+def _spelled_outside(home: Path, pattern: re.Pattern) -> list[str]:
+    """Files other than `home`, in the packages, bench and examples, with a string constant matching `pattern`."""
+    return [str(path.relative_to(ROOT)) for package in [*MAY_IMPORT, "bench", "examples"]
+            for path in sorted((ROOT / package).rglob("*.py"))
+            if path != home and any(pattern.search(text) for text in _literals(path))]
+
+
 def test_projection_names_have_one_home():
-    home = ROOT / "mask_store" / "projections.py"
-    spelled = [str(path.relative_to(ROOT)) for package in [*MAY_IMPORT, "bench", "examples"]
-               for path in sorted((ROOT / package).rglob("*.py"))
-               if path != home and any(_HF_ONLY.search(text) for text in _literals(path))]
+    spelled = _spelled_outside(ROOT / "mask_store" / "projections.py", _HF_ONLY)
     assert not spelled, spelled
 
 
@@ -77,9 +81,6 @@ _NAME_CHARS = re.compile(r"A-Za-z0-9[._-]*[._-]")  # the character class of a ma
 
 
 def test_the_mask_name_pattern_has_one_home():
-    home = ROOT / "mask_store" / "refs.py"
-    spelled = [str(path.relative_to(ROOT)) for package in [*MAY_IMPORT, "bench", "examples"]
-               for path in sorted((ROOT / package).rglob("*.py"))
-               if path != home and any(_NAME_CHARS.search(text) for text in _literals(path))]
+    spelled = _spelled_outside(ROOT / "mask_store" / "refs.py", _NAME_CHARS)
     assert not spelled, spelled
 
