@@ -54,7 +54,7 @@ def newcombe_paired(both: int, only_first: int, only_second: int, neither: int,
     p1, p2 = k1 / n, k2 / n
     l1, u1 = wilson(k1, n, z)
     l2, u2 = wilson(k2, n, z)
-    margins = (both + only_first) * (only_second + neither) * (both + only_second) * (only_first + neither)
+    margins = k1 * (n - k1) * k2 * (n - k2)
     cross = both * neither - only_first * only_second
     shrunk = cross - n / 2 if cross > n / 2 else (cross if cross < 0 else 0.0)
     phi = shrunk / math.sqrt(margins) if margins else 0.0

@@ -157,7 +157,8 @@ class MaskMiddleware:
             return False  # a LoRA adapter or a name vLLM will refuse itself
         return True
 
-    def _account(self, state: MaskServeState, route: Route, outcome: annotation.Outcome, latency: float, started: float) -> None:
+    def _account(self, state: MaskServeState, route: Route, outcome: annotation.Outcome, latency: float,
+                 started: float) -> None:
         label = route.label
         metrics.REQUESTS.labels(mask=label, status=str(outcome.status)).inc()
         metrics.LATENCY.labels(mask=label).observe(latency)

@@ -164,4 +164,3 @@ def test_the_whole_pipeline_with_the_ablation_ends_in_a_table(tiny_model, tmp_pa
     assert len(results["ablation"]) == 5  # three ratios on the late band, then the early and middle bands at 0.1
     markdown = (out / "results.md").read_text()
     assert "## Ablation" in markdown and "paired Newcombe" in markdown
-

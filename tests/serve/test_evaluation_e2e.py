@@ -1,7 +1,7 @@
 """Evaluation against a real `mask-serve`: the accuracy a mask gets over HTTP is the accuracy `mask-eval` reports
 for it, for prompt/completion records through /v1/completions and for chat records through /v1/chat/completions
-(what the reproduction's tasks are), and lm-evaluation-harness (`local-completions`) runs a local task against the server, on the base and
-on a mask chosen by model name. Slow: a server and a mask-eval engine on the tiny model.
+(what the reproduction's tasks are), and lm-evaluation-harness (`local-completions`) runs a local task against the
+server, on the base and on a mask chosen by model name. Slow: a server and a mask-eval engine on the tiny model.
 
 The task's answers are what the plain-transformers oracle generates with the mask (most problems) or without it
 (the rest), so the base and the mask score differently and a mask that was not applied would show."""
@@ -13,6 +13,7 @@ import sys
 import openai
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from mask_store.format import load_mask
 from mask_store.store import Store
@@ -68,9 +69,14 @@ def world(tiny_model, tmp_path_factory):
     try:
         wait_healthy(url, proc, root / "server.log", timeout_s=300)
         yield {"url": url, "root": root, "store": store, "task": task, "answers": answers, "model": tiny_model,
-               "chat_task": chat_task, "chat_answers": chat_answers}
+               "chat_task": chat_task, "chat_answers": chat_answers, "stops": stop_ids(tiny_model)}
     finally:
         stop(proc, timeout_s=60)
+
+
+def stop_ids(model_dir) -> list[int]:
+    """The special tokens mask-eval stops at, which the HTTP requests name as `stop_token_ids`."""
+    return sorted(set(AutoTokenizer.from_pretrained(model_dir).all_special_ids))
 
 
 def user_turn(prompt: str, answer: str) -> list[dict]:
@@ -100,9 +106,8 @@ def mask_eval(world):
 def served(world, model: str) -> list[int]:
     """Per-problem exact match of the server's answers: one completions request, greedy, same stop tokens."""
     client = openai.OpenAI(base_url=f"{world['url']}/v1", api_key="unused")
-    _, tokenizer = load_model(world["model"])
     response = client.completions.create(model=model, prompt=PROMPTS, max_tokens=MAX_TOKENS, temperature=0,
-                                         extra_body={"stop_token_ids": sorted(set(tokenizer.all_special_ids))})
+                                         extra_body={"stop_token_ids": world["stops"]})
     texts = [c.text for c in sorted(response.choices, key=lambda c: c.index)]
     return [int(exact_match(t, a)) for t, a in zip(texts, world["answers"])]
 
@@ -110,10 +115,9 @@ def served(world, model: str) -> list[int]:
 def served_chat(world, model: str) -> list[int]:
     """Per-problem exact match of the server's chat answers: one chat request per problem, greedy, same stops."""
     client = openai.OpenAI(base_url=f"{world['url']}/v1", api_key="unused")
-    _, tokenizer = load_model(world["model"])
     texts = [client.chat.completions.create(
         model=model, messages=user_turn(p, "")[:1], max_tokens=MAX_TOKENS, temperature=0,
-        extra_body={"stop_token_ids": sorted(set(tokenizer.all_special_ids))}).choices[0].message.content
+        extra_body={"stop_token_ids": world["stops"]}).choices[0].message.content
         for p in PROMPTS]
     return [int(exact_match(t, a)) for t, a in zip(texts, world["chat_answers"])]
 
@@ -163,11 +167,10 @@ metric_list:
 
 def lm_eval(world, model: str, tag: str) -> float:
     """The documented command (docs/evaluation.md), offline; returns the task's exact match."""
-    _, tokenizer = load_model(world["model"])
     tasks = world["root"] / "lm_eval_tasks"
     tasks.mkdir(exist_ok=True)
     (tasks / "tiny_exact.yaml").write_text(TASK_YAML.format(
-        data=world["task"], max_tokens=MAX_TOKENS, stops=sorted(set(tokenizer.all_special_ids))))
+        data=world["task"], max_tokens=MAX_TOKENS, stops=world["stops"]))
     out_dir = world["root"] / f"lm_eval_{tag}"
     model_args = (f"model={model},base_url={world['url']}/v1/completions,tokenizer_backend=huggingface,"
                   f"tokenizer={world['model']},tokenized_requests=False,num_concurrent=1,max_retries=1")
